@@ -1,0 +1,5 @@
+"""The dqcodec command line (installed as dqcodec.cli)."""
+
+from .main import main
+
+__all__ = ["main"]

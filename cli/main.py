@@ -1,0 +1,223 @@
+"""`dqcodec` commands: parse arguments, call the library, print."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+import dqcodec
+from dqcodec.codec import DEFAULT_MAX_PIXELS, codec_for_file, load_codec
+from dqcodec.container import DQFile
+from dqcodec.errors import DQError
+from dqcodec.fileio import check_output, write_atomic, write_bytes_atomic
+from dqcodec.image_io import open_image, save_format
+
+
+def user_errors(command):
+    """One line on stderr and a non-zero exit instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except DQError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:  # a bug, not the user's fault: still one line
+            if os.environ.get("DQCODEC_DEBUG"):
+                raise
+            raise click.ClickException(f"internal error: {type(exc).__name__}: {exc}") from None
+
+    return wrapper
+
+
+def read_bytes(path: Path) -> bytes:
+    if not path.is_file():
+        raise DQError(f"no such file: {path}")
+    return path.read_bytes()
+
+
+def output_paths(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
+                 suffix: str) -> list[Path]:
+    if output is not None and outdir is not None:
+        raise DQError("use either -o or -d, not both")
+    if output is not None:
+        if len(inputs) != 1:
+            raise DQError("-o takes a single input; use -d OUTDIR for several")
+        return [output]
+    if outdir is not None:
+        if not outdir.is_dir():
+            raise DQError(f"output folder does not exist: {outdir}")
+        return [outdir / (p.stem + suffix) for p in inputs]
+    return [p.with_suffix(suffix) for p in inputs]
+
+
+def run_batch(inputs, outputs, work) -> None:
+    """Process every file; report failures as they happen and fail at the end."""
+    failed = 0
+    for src, dst in zip(inputs, outputs):
+        try:
+            work(src, dst)
+        except DQError as exc:
+            if len(inputs) == 1:
+                raise
+            failed += 1
+            click.echo(f"error: {src}: {exc}", err=True)
+    if failed:
+        raise DQError(f"{failed} of {len(inputs)} files failed")
+
+
+@click.group()
+@click.version_option(dqcodec.__version__, prog_name="dqcodec")
+def main():
+    """dqcodec: a learned image codec built on Depthwise Quantization."""
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output .dq file.")
+@click.option("-d", "--outdir", type=click.Path(path_type=Path), help="Output folder for several inputs.")
+@click.option("-q", "--quality", type=int, help="Quality level of a shipped model.")
+@click.option("--model", type=click.Path(path_type=Path), help="A model file (.safetensors).")
+@click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
+@user_errors
+def encode(inputs, output, outdir, quality, model, force):
+    """Compress images to .dq files."""
+    codec = load_codec(quality, model)
+    outputs = output_paths(inputs, output, outdir, ".dq")
+
+    def work(src: Path, dst: Path) -> None:
+        check_output(src, dst, force)
+        image = open_image(src)
+        data = codec.encode(image)
+        write_bytes_atomic(dst, data)
+        bpp = len(data) * 8 / (image.width * image.height)
+        click.echo(f"{src} -> {dst}: {image.width}x{image.height}, {len(data)} bytes, {bpp:.4f} bpp")
+
+    run_batch(inputs, outputs, work)
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output image (format from extension).")
+@click.option("-d", "--outdir", type=click.Path(path_type=Path), help="Output folder (PNG) for several inputs.")
+@click.option("--model", type=click.Path(path_type=Path), help="The model file the images were encoded with.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
+@click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Refuse files that claim a larger image.")
+@user_errors
+def decode(inputs, output, outdir, model, force, max_pixels):
+    """Decompress .dq files to images."""
+    outputs = output_paths(inputs, output, outdir, ".png")
+
+    def work(src: Path, dst: Path) -> None:
+        check_output(src, dst, force)
+        fmt = save_format(dst)
+        data = read_bytes(src)
+        image = codec_for_file(data, model).decode(data, max_pixels=max_pixels)
+        write_atomic(dst, lambda tmp: image.save(tmp, format=fmt))
+        click.echo(f"{src} -> {dst}: {image.width}x{image.height} {image.mode}")
+
+    run_batch(inputs, outputs, work)
+
+
+@main.command()
+@click.argument("input", type=click.Path(path_type=Path))
+@user_errors
+def info(input):
+    """Show the header of a .dq file."""
+    data = read_bytes(input)
+    dq = DQFile.from_bytes(data)
+    pixels = dq.width * dq.height
+    click.echo(f"file:       {input} ({len(data)} bytes)")
+    click.echo(f"image:      {dq.width}x{dq.height} {dq.mode}")
+    click.echo(f"model:      {dq.model_id.hex()} (quality {dq.quality or 'custom'})")
+    click.echo(f"payload:    top {len(dq.top)} B, bottom {len(dq.bottom)} B, alpha {len(dq.alpha)} B")
+    click.echo(f"bpp:        {len(data) * 8 / pixels:.4f} (whole file, header included)")
+
+
+@main.command(name="eval")
+@click.option("--dataset", default="kodak", show_default=True, help="Named dataset (kodak).")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Evaluate this folder of images instead of downloading.")
+@click.option("-q", "--quality", type=int, help="Quality level of a shipped model.")
+@click.option("--model", type=click.Path(path_type=Path), help="A model file (.safetensors).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write all figures as JSON.")
+@click.option("--progress/--no-progress", default=True)
+@user_errors
+def eval_(dataset, data_dir, quality, model, json_path, progress):
+    """Rate-distortion of dqcodec on a dataset, from real bitstreams."""
+    from dqcodec.datasets import resolve_dataset
+    from dqcodec.evaluation import evaluate, report
+
+    paths = resolve_dataset(dataset, data_dir)
+    codec = load_codec(quality, model)
+    results = evaluate(codec, paths, progress=progress)
+    summary = report(codec, str(data_dir or dataset), results)
+    click.echo(format_table(summary))
+    if json_path:
+        write_bytes_atomic(json_path, json.dumps(summary, indent=1).encode())
+
+
+def format_table(summary: dict) -> str:
+    head = f"{'image':<16}{'bpp':>8}{'PSNR':>8}{'MS-SSIM':>9}{'enc s':>8}{'dec s':>8}{'H bpp':>8}"
+    rows = [head, "-" * len(head)]
+
+    def row(name, r):
+        ms = f"{r['ms_ssim']:.4f}" if r["ms_ssim"] is not None else "-"
+        return (f"{name:<16}{r['bpp']:>8.4f}{r['psnr']:>8.2f}{ms:>9}{r['encode_s']:>8.3f}"
+                f"{r['decode_s']:>8.3f}{r['entropy_bpp']:>8.4f}")
+
+    rows += [row(r["name"], r) for r in summary["images"]]
+    rows += ["-" * len(head), row("mean", summary["mean"])]
+    return "\n".join(rows)
+
+
+@main.command()
+@click.option("--data", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
+              help="Folder of training photos (a held-out part is used for validation).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder (checkpoints).")
+@click.option("--steps", type=int, default=20000, show_default=True)
+@click.option("--lr", type=float, default=3e-4, show_default=True)
+@click.option("--lambda", "lmbda", type=float, default=0.0067, show_default=True, help="Rate-distortion trade-off.")
+@click.option("--groups", type=int, default=96, show_default=True, help="DQ groups of the bottom level (1 = plain VQ).")
+@click.option("--codebook-size", type=int, default=64, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
+@user_errors
+def train(data, out, steps, lr, lmbda, groups, codebook_size, resume):
+    """Train a model (progressive crop sizes, resumable)."""
+    import dataclasses
+
+    from dqcodec.config import ModelConfig
+    from dqcodec.training import TrainOptions, train as run_training
+
+    base = ModelConfig()
+    bottom = dataclasses.replace(base.bottom, groups=groups, codebook_size=codebook_size,
+                                 slices=min(base.bottom.slices, groups))
+    config = dataclasses.replace(base, lmbda=lmbda, bottom=bottom)
+    best = run_training(TrainOptions(data=data, out=out, steps=steps, lr=lr, config=config),
+                        resume=resume, log=lambda m: click.echo(m, err=True))
+    click.echo(f"best checkpoint: {best}")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+@click.option("-q", "--quality", type=int, default=0, help="Quality level to record in the model.")
+@click.option("-f", "--force", is_flag=True)
+@user_errors
+def export(checkpoint, output, quality, force):
+    """Turn a training checkpoint into a shippable fp16 safetensors model."""
+    from dqcodec.training import model_from_checkpoint
+    from dqcodec.zoo import save_model
+
+    check_output(checkpoint, output, force)
+    model = model_from_checkpoint(checkpoint)
+    write_atomic(output, lambda tmp: save_model(model, tmp, quality))
+    click.echo(f"{checkpoint} -> {output}")

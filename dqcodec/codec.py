@@ -1,0 +1,123 @@
+"""A loaded model turned into an image codec: pixels <-> .dq bytes."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .container import DQFile
+from .errors import DQError
+from .image_io import open_image, split_alpha, to_image, to_tensor
+from .model import DQCodec, pad_to_stride
+from . import zoo
+
+DEFAULT_MAX_PIXELS = 1 << 26  # 67 MP; raise with max_pixels / --max-pixels
+
+
+def index_checksum(*indices: torch.Tensor) -> int:
+    crc = 0
+    for idx in indices:
+        crc = zlib.crc32(idx.to(torch.int16).numpy().tobytes(), crc)
+    return crc
+
+
+@dataclass
+class EncodeResult:
+    data: bytes
+    information_bits: float  # cross-entropy of the indices under the prior
+
+
+class Codec:
+    def __init__(self, model: DQCodec, quality: int = 0):
+        self.model = model.eval()
+        self.quality = quality
+        self.model_id = zoo.model_id(model)
+        self.stride = model.config.top_stride
+
+    @torch.inference_mode()
+    def encode_image(self, image: Image.Image) -> EncodeResult:
+        rgb, alpha, mode = split_alpha(image)
+        x = pad_to_stride(to_tensor(rgb), self.stride)
+        out = self.model.compress(x)
+        top, bottom = out["strings"]
+        alpha_bytes = zlib.compress(alpha.tobytes(), 9) if alpha is not None else b""
+        crc = index_checksum(out["indices"]["top"], out["indices"]["bottom"])
+        dq = DQFile(mode, self.quality, self.model_id, rgb.width, rgb.height, top, bottom,
+                    alpha_bytes, crc)
+        return EncodeResult(dq.to_bytes(), out["information_bits"])
+
+    def encode(self, image: Image.Image | str | Path) -> bytes:
+        if not isinstance(image, Image.Image):
+            image = open_image(image)
+        return self.encode_image(image).data
+
+    @torch.inference_mode()
+    def decode(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+        dq = DQFile.from_bytes(data)
+        self.check_compatible(dq)
+        if dq.width * dq.height > max_pixels:
+            raise DQError(f"image is {dq.width}x{dq.height}, over the limit of {max_pixels} "
+                          "pixels (raise it with --max-pixels)")
+        shape = (-(-dq.height // self.stride), -(-dq.width // self.stride))
+        try:
+            out = self.model.decompress([dq.top, dq.bottom], shape)
+        except (ValueError, RuntimeError) as exc:
+            raise DQError(f"corrupt .dq payload ({exc})") from None
+        if index_checksum(out["indices"]["top"], out["indices"]["bottom"]) != dq.index_crc:
+            raise DQError("decoding went out of sync with the encoder (index checksum mismatch)")
+        rgb = to_image(out["x_hat"][..., : dq.height, : dq.width])
+        return self._restore_mode(rgb, dq)
+
+    def check_compatible(self, dq: DQFile) -> None:
+        if dq.model_id != self.model_id:
+            raise DQError(f"file was encoded with model {dq.model_id.hex()} (quality {dq.quality}), "
+                          f"not with this one ({self.model_id.hex()}); pass the matching --model")
+
+    @staticmethod
+    def _restore_mode(rgb: Image.Image, dq: DQFile) -> Image.Image:
+        image = rgb.convert("L") if dq.mode in ("L", "LA") else rgb
+        if dq.mode in ("RGBA", "LA"):
+            try:
+                plane = zlib.decompress(dq.alpha)
+            except zlib.error:
+                raise DQError("corrupt alpha plane in .dq file") from None
+            if len(plane) != dq.width * dq.height:
+                raise DQError("corrupt alpha plane in .dq file (wrong size)")
+            alpha = Image.frombytes("L", (dq.width, dq.height), plane)
+            image = image.convert("RGBA" if dq.mode == "RGBA" else "LA")
+            image.putalpha(alpha)
+        return image
+
+
+@lru_cache(maxsize=8)
+def _load(quality: int | None, path: str | None) -> Codec:
+    if path is not None:
+        model, q = zoo.read_model_file(Path(path))
+        return Codec(model, q)
+    levels = zoo.shipped_models()
+    q = zoo.default_quality() if quality is None else quality
+    if q not in levels:
+        raise DQError(f"no model for quality {q} (available: {', '.join(map(str, levels)) or 'none'})")
+    model, _ = zoo.read_model_file(levels[q])
+    return Codec(model, q)
+
+
+def load_codec(quality: int | None = None, path: str | Path | None = None) -> Codec:
+    return _load(quality, str(path) if path is not None else None)
+
+
+def codec_for_file(data: bytes, path: str | Path | None = None) -> Codec:
+    """The codec that can decode `data`: the given model, else the shipped one named in it."""
+    if path is not None:
+        return load_codec(path=path)
+    dq = DQFile.from_bytes(data)
+    if dq.quality == 0 or dq.quality not in zoo.shipped_models():
+        raise DQError(f"file was encoded with a model that is not shipped (id {dq.model_id.hex()}); "
+                      "pass it with --model")
+    return load_codec(dq.quality)

@@ -1,0 +1,71 @@
+"""The .dq container: a fixed little-endian header followed by the payload sections.
+
+See docs/format.md for the specification.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+from .errors import DQError
+
+MAGIC = b"\x89DQC"
+VERSION = 1
+MODES = ("RGB", "L", "RGBA", "LA")
+# after the magic: version, mode, quality, reserved, model id, width, height,
+# top/bottom/alpha payload lengths, CRC32 of the decoded indices; then a CRC32 of
+# these fields and the payload
+_FIELDS = struct.Struct("<BBBB8sIIIIII")
+_CRC = struct.Struct("<I")
+HEADER_SIZE = len(MAGIC) + _FIELDS.size + _CRC.size
+
+
+class FormatError(DQError):
+    pass
+
+
+@dataclass(frozen=True)
+class DQFile:
+    mode: str
+    quality: int  # 0 when encoded with a model outside the zoo
+    model_id: bytes
+    width: int
+    height: int
+    top: bytes
+    bottom: bytes
+    alpha: bytes
+    index_crc: int
+
+    def to_bytes(self) -> bytes:
+        fields = _FIELDS.pack(VERSION, MODES.index(self.mode), self.quality, 0, self.model_id,
+                              self.width, self.height, len(self.top), len(self.bottom),
+                              len(self.alpha), self.index_crc)
+        payload = self.top + self.bottom + self.alpha
+        return MAGIC + fields + _CRC.pack(zlib.crc32(fields + payload)) + payload
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "DQFile":
+        if len(data) < 4 or data[:4] != MAGIC:
+            raise FormatError("not a .dq file (bad magic bytes)")
+        if len(data) < HEADER_SIZE:
+            raise FormatError("truncated .dq file (incomplete header)")
+        fields = data[len(MAGIC) : HEADER_SIZE - _CRC.size]
+        (version, mode, quality, _, model_id, width, height, n_top, n_bottom, n_alpha,
+         index_crc) = _FIELDS.unpack(fields)
+        (crc,) = _CRC.unpack_from(data, HEADER_SIZE - _CRC.size)
+        if version != VERSION:
+            raise FormatError(f"unsupported .dq format version {version} (this build reads {VERSION})")
+        expected = HEADER_SIZE + n_top + n_bottom + n_alpha
+        if len(data) != expected:
+            kind = "truncated" if len(data) < expected else "trailing data after"
+            raise FormatError(f"{kind} .dq payload ({len(data)} bytes, header says {expected})")
+        if zlib.crc32(fields + data[HEADER_SIZE:]) != crc:
+            raise FormatError("corrupt .dq file (CRC32 mismatch)")
+        if mode >= len(MODES) or width == 0 or height == 0:
+            raise FormatError("corrupt .dq header (bad mode or size)")
+        top_end = HEADER_SIZE + n_top
+        bottom_end = top_end + n_bottom
+        return cls(MODES[mode], quality, model_id, width, height, data[HEADER_SIZE:top_end],
+                   data[top_end:bottom_end], data[bottom_end:], index_crc)

@@ -1,0 +1,78 @@
+"""Image reading and writing (Pillow), and conversion to and from model tensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+
+from .errors import DQError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def to_tensor(image: Image.Image) -> Tensor:
+    """8-bit RGB PIL image -> (1, 3, H, W) float in [0, 1]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float() / 255.0
+
+
+def to_image(x: Tensor) -> Image.Image:
+    """(1, 3, H, W) float in [0, 1] -> 8-bit RGB PIL image (round half to even, clamp)."""
+    array = (x[0].clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(np.ascontiguousarray(array), "RGB")
+
+
+class ImageError(DQError):
+    pass
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Read an image fully, with its EXIF orientation applied."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"no such file: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return ImageOps.exif_transpose(im)
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: refused, image too large ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path}: not a readable image ({exc})") from None
+
+
+def _to_8bit_gray(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        return Image.fromarray(np.clip(np.round(array * 255.0 / peak), 0, 255).astype(np.uint8), "L")
+    return image.convert("L")
+
+
+def split_alpha(image: Image.Image) -> tuple[Image.Image, Image.Image | None, str]:
+    """-> (RGB image to code, alpha plane or None, container mode).
+
+    Grey images are coded as RGB and decoded back to grey; alpha is kept losslessly.
+    """
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        alpha = image.getchannel("A")
+        grey = image.mode in ("LA", "La")
+        rgb = image.convert("L").convert("RGB") if grey else image.convert("RGB")
+        return rgb, alpha, "LA" if grey else "RGBA"
+    if image.mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F"):
+        return _to_8bit_gray(image).convert("RGB"), None, "L"
+    return image.convert("RGB"), None, "RGB"
+
+
+def save_format(path: Path) -> str:
+    """The Pillow format for an output path, from its extension."""
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ImageError(f"unknown image format for output {path} (use .png, say)")
+    return fmt

@@ -1,0 +1,101 @@
+"""One level of the hierarchy: depthwise quantizer + pass-scheduled prior + range coding.
+
+Training, encoding and decoding all go through `_run_passes`, so the encoder computes
+every probability with exactly the computation the decoder will repeat.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from compressai.latent_codecs import LatentCodec
+from torch import Tensor
+
+from .config import LevelConfig
+from .prior import CodePrior, Pass, checkerboard, code_bits, pass_schedule
+from .quantizer import DepthwiseQuantizer
+from .range_coding import IndexDecoder, IndexEncoder
+
+# chooser(pass, group slice, logits (B,G_s,H,W,K), positions (H,W) bool) -> indices (B,G_s,H,W)
+Chooser = Callable[[Pass, slice, Tensor, Tensor], Tensor]
+
+
+class DQLatentCodec(LatentCodec):
+    def __init__(self, level: LevelConfig, cond_channels: int, prior_width: int, rate_weight: float):
+        super().__init__()
+        self.level = level
+        self.rate_weight = rate_weight
+        self.quantizer = DepthwiseQuantizer(level.channels, level.groups, level.codebook_size)
+        self.prior = CodePrior(cond_channels, level.channels, level.groups, level.codebook_size,
+                               level.slices, prior_width)
+
+    def _run_passes(self, cond: Tensor, choose: Chooser, straight_through: Tensor | None = None):
+        """Walk the pass schedule; returns y_hat, indices and the logits each index was coded with."""
+        b, _, h, w = cond.shape
+        cond_features = self.prior.condition(cond)
+        anchors = checkerboard(h, w, cond.device)
+        y_hat = cond.new_zeros(b, self.level.channels, h, w)
+        indices = torch.zeros(b, self.level.groups, h, w, dtype=torch.long, device=cond.device)
+        all_logits = []
+        for p in pass_schedule(self.level.slices):
+            groups = self.prior.group_slice(p.slice_index)
+            channels = self.prior.channel_slice(p.slice_index)
+            logits = self.prior.logits(p.slice_index, cond_features, y_hat, self.quantizer.codebooks)
+            positions = anchors if p.anchors else ~anchors
+            chosen = choose(p, groups, logits, positions)
+            if straight_through is not None:
+                values = self.quantizer.straight_through(straight_through[:, channels], chosen, groups)
+            else:
+                values = self.quantizer.lookup(chosen, groups)
+            y_hat = y_hat.clone()
+            y_hat[:, channels] = torch.where(positions, values, y_hat[:, channels])
+            indices[:, groups] = torch.where(positions, chosen, indices[:, groups])
+            all_logits.append((groups, positions, logits))
+        return y_hat, indices, all_logits
+
+    def _assigner(self, z: Tensor) -> Chooser:
+        def choose(p: Pass, groups: slice, logits: Tensor, positions: Tensor) -> Tensor:
+            zs = z[:, self.prior.channel_slice(p.slice_index)]
+            bits = -torch.log_softmax(logits.detach(), -1) / torch.log(torch.tensor(2.0))
+            return self.quantizer.assign(zs.detach(), groups, bits, self.rate_weight)
+
+        return choose
+
+    def forward(self, z: Tensor, cond: Tensor) -> dict:
+        y_hat, indices, all_logits = self._run_passes(cond, self._assigner(z), straight_through=z)
+        bits = z.new_zeros(())
+        for groups, positions, logits in all_logits:
+            per_index = code_bits(logits, indices[:, groups])
+            bits = bits + (per_index * positions).sum()
+        for g in range(0, self.level.groups, self.prior.groups_per_slice):
+            sl = slice(g, g + self.prior.groups_per_slice)
+            self.quantizer.track_usage(indices[:, sl], sl)
+        commitment = (z - y_hat.detach()).pow(2).mean()
+        return {"y_hat": y_hat, "bits": bits, "indices": indices, "commitment": commitment}
+
+    @torch.no_grad()
+    def compress(self, z: Tensor, cond: Tensor) -> dict:
+        encoder = IndexEncoder()
+        assign = self._assigner(z)
+
+        def choose(p: Pass, groups: slice, logits: Tensor, positions: Tensor) -> Tensor:
+            chosen = assign(p, groups, logits, positions)
+            encoder.encode(chosen[:, :, positions], logits[:, :, positions])
+            return chosen
+
+        y_hat, indices, _ = self._run_passes(cond, choose)
+        return {"string": encoder.finish(), "y_hat": y_hat, "indices": indices,
+                "information_bits": encoder.information_bits}
+
+    @torch.no_grad()
+    def decompress(self, string: bytes, cond: Tensor) -> dict:
+        decoder = IndexDecoder(string)
+
+        def choose(p: Pass, groups: slice, logits: Tensor, positions: Tensor) -> Tensor:
+            chosen = torch.zeros(logits.shape[:-1], dtype=torch.long)
+            chosen[:, :, positions] = decoder.decode(logits[:, :, positions])
+            return chosen
+
+        y_hat, indices, _ = self._run_passes(cond, choose)
+        return {"y_hat": y_hat, "indices": indices}

@@ -1,0 +1,102 @@
+"""The hierarchical DQ autoencoder (VQ-VAE-2 style, two levels)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from compressai.layers import GDN
+from compressai.models import CompressionModel
+from compressai.models.utils import conv, deconv
+from torch import Tensor
+
+from .config import ModelConfig
+from .latent_codec import DQLatentCodec
+
+
+def analysis(width: int) -> nn.Sequential:
+    """Image -> features at stride 16."""
+    return nn.Sequential(
+        conv(3, width), GDN(width),
+        conv(width, width), GDN(width),
+        conv(width, width), GDN(width),
+        conv(width, width),
+    )
+
+
+def synthesis(in_channels: int, width: int) -> nn.Sequential:
+    """Stride-16 latent (+ top-level features) -> image."""
+    return nn.Sequential(
+        deconv(in_channels, width), GDN(width, inverse=True),
+        deconv(width, width), GDN(width, inverse=True),
+        deconv(width, width), GDN(width, inverse=True),
+        deconv(width, 3),
+    )
+
+
+class DQCodec(CompressionModel):
+    """Top level at stride 64 is coded first; its decoded features condition the bottom
+    level's encoder, prior and the image decoder."""
+
+    def __init__(self, config: ModelConfig = ModelConfig()):
+        super().__init__()
+        self.config = config
+        n = config.width
+        self.g_a = analysis(n)
+        self.top_a = nn.Sequential(conv(n, n, 3), nn.GELU(), conv(n, config.top.channels, 3))
+        self.top_s = nn.Sequential(deconv(config.top.channels, n, 3), nn.GELU(), deconv(n, n, 3))
+        self.bottom_a = nn.Conv2d(2 * n, config.bottom.channels, 1)
+        self.g_s = synthesis(config.bottom.channels + n, n)
+        self.top = DQLatentCodec(config.top, 1, config.prior_width, config.rate_weight)
+        self.bottom = DQLatentCodec(config.bottom, n, config.prior_width, config.rate_weight)
+
+    @staticmethod
+    def _unconditioned(z: Tensor) -> Tensor:
+        return z.new_ones(z.shape[0], 1, z.shape[2], z.shape[3])
+
+    def forward(self, x: Tensor) -> dict:
+        h = self.g_a(x)
+        t = self.top_a(h)
+        top = self.top(t, self._unconditioned(t))
+        cond = self.top_s(top["y_hat"])
+        z = self.bottom_a(torch.cat([h, cond], 1))
+        bottom = self.bottom(z, cond)
+        x_hat = self.g_s(torch.cat([bottom["y_hat"], cond], 1))
+        return {
+            "x_hat": x_hat,
+            "bits": {"top": top["bits"], "bottom": bottom["bits"]},
+            "commitment": top["commitment"] + bottom["commitment"],
+            "latents": {"top": t.detach(), "bottom": z.detach()},
+        }
+
+    @torch.no_grad()
+    def compress(self, x: Tensor) -> dict:
+        h = self.g_a(x)
+        t = self.top_a(h)
+        top = self.top.compress(t, self._unconditioned(t))
+        cond = self.top_s(top["y_hat"])
+        bottom = self.bottom.compress(self.bottom_a(torch.cat([h, cond], 1)), cond)
+        return {
+            "strings": [top["string"], bottom["string"]],
+            "shape": tuple(t.shape[-2:]),
+            "information_bits": top["information_bits"] + bottom["information_bits"],
+            "indices": {"top": top["indices"], "bottom": bottom["indices"]},
+        }
+
+    @torch.no_grad()
+    def decompress(self, strings: list[bytes], shape: tuple[int, int]) -> dict:
+        ones = torch.ones(1, 1, *shape)
+        top = self.top.decompress(strings[0], ones)
+        cond = self.top_s(top["y_hat"])
+        bottom = self.bottom.decompress(strings[1], cond)
+        x_hat = self.g_s(torch.cat([bottom["y_hat"], cond], 1))
+        return {"x_hat": x_hat.clamp(0, 1),
+                "indices": {"top": top["indices"], "bottom": bottom["indices"]}}
+
+
+def pad_to_stride(x: Tensor, stride: int) -> Tensor:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % stride, (-w) % stride
+    if ph == 0 and pw == 0:
+        return x
+    return F.pad(x, (0, pw, 0, ph), mode="replicate")

@@ -1,0 +1,102 @@
+"""Autoregressive prior over code indices, run as a fixed schedule of parallel passes.
+
+The groups of a level are split into slices. Each slice is coded in two checkerboard
+halves (anchors first), so a level takes 2 x slices passes whatever the image size. The
+prior for a pass sees the conditioning features (the level above), every slice already
+decoded, and the anchors of the current slice.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class Pass(NamedTuple):
+    slice_index: int
+    anchors: bool  # True: the anchor half of the checkerboard, False: the other half
+
+
+def pass_schedule(slices: int) -> Iterator[Pass]:
+    for s in range(slices):
+        yield Pass(s, True)
+        yield Pass(s, False)
+
+
+def checkerboard(height: int, width: int, device=None) -> Tensor:
+    """Boolean (H, W) mask of anchor positions: (i + j) even."""
+    i = torch.arange(height, device=device)[:, None]
+    j = torch.arange(width, device=device)[None, :]
+    return (i + j) % 2 == 0
+
+
+def code_bits(logits: Tensor, indices: Tensor) -> Tensor:
+    """Information content in bits of each index under its categorical."""
+    nats = -F.log_softmax(logits, dim=-1).gather(-1, indices.unsqueeze(-1)).squeeze(-1)
+    return nats / torch.log(torch.tensor(2.0))
+
+
+class SliceContext(nn.Module):
+    """Predicts, per group of one slice, a mean and scale in code space."""
+
+    def __init__(self, cond_width: int, prev_channels: int, slice_channels: int, width: int, out: int):
+        super().__init__()
+        self.spatial = nn.Conv2d(slice_channels, width, 5, padding=2)
+        self.channel = nn.Conv2d(prev_channels, width, 1) if prev_channels else None
+        self.head = nn.Sequential(
+            nn.GELU(), nn.Conv2d(width, width, 1), nn.GELU(), nn.Conv2d(width, out, 1)
+        )
+
+    def forward(self, cond_features: Tensor, previous: Tensor | None, current: Tensor) -> Tensor:
+        h = cond_features + self.spatial(current)
+        if self.channel is not None:
+            h = h + self.channel(previous)
+        return self.head(h)
+
+
+class CodePrior(nn.Module):
+    """Categorical over each group's K codes: a Gaussian bump around a predicted point
+    of code space plus a learned per-code bias. Tying the distribution to the codebook
+    geometry lets it learn as fast as a Gaussian conditional."""
+
+    def __init__(self, cond_channels: int, channels: int, groups: int, codebook_size: int,
+                 slices: int, width: int):
+        super().__init__()
+        self.groups_per_slice = groups // slices
+        self.dim = channels // groups
+        slice_channels = channels // slices
+        self.cond_trunk = nn.Sequential(nn.Conv2d(cond_channels, width, 3, padding=1), nn.GELU())
+        self.cond_proj = nn.ModuleList(nn.Conv2d(width, width, 1) for _ in range(slices))
+        self.contexts = nn.ModuleList(
+            SliceContext(width, s * slice_channels, slice_channels, width,
+                         2 * self.groups_per_slice * self.dim)
+            for s in range(slices)
+        )
+        self.code_bias = nn.Parameter(torch.zeros(groups, codebook_size))
+        self.slice_channels = slice_channels
+
+    def condition(self, cond: Tensor) -> Tensor:
+        """Features of the conditioning input, shared by all passes of a level."""
+        return self.cond_trunk(cond)
+
+    def group_slice(self, s: int) -> slice:
+        return slice(s * self.groups_per_slice, (s + 1) * self.groups_per_slice)
+
+    def channel_slice(self, s: int) -> slice:
+        return slice(s * self.slice_channels, (s + 1) * self.slice_channels)
+
+    def logits(self, s: int, cond_features: Tensor, y_hat: Tensor, codebooks: Tensor) -> Tensor:
+        """Logits (B, G_s, H, W, K) for slice s given everything decoded so far in y_hat."""
+        previous = y_hat[:, : s * self.slice_channels] if s else None
+        current = y_hat[:, self.channel_slice(s)]
+        params = self.contexts[s](self.cond_proj[s](cond_features), previous, current)
+        b, _, h, w = params.shape
+        params = params.reshape(b, self.groups_per_slice, 2, self.dim, h, w).permute(0, 1, 4, 5, 2, 3)
+        mean, log_scale = params[..., 0, :], params[..., 1, :].clamp(-4.0, 4.0)
+        codes = codebooks[self.group_slice(s)][None, :, None, None]  # (1, G_s, 1, 1, K, d)
+        z = (codes - mean.unsqueeze(-2)) * torch.exp(-log_scale).unsqueeze(-2)
+        return self.code_bias[self.group_slice(s)][None, :, None, None] - 0.5 * z.pow(2).sum(-1)

@@ -1,0 +1,49 @@
+"""Range coding of code indices with constriction, one call per pass."""
+
+from __future__ import annotations
+
+import constriction
+import numpy as np
+import torch
+from torch import Tensor
+
+_MODEL = constriction.stream.model.Categorical(perfect=False)
+
+
+def probability_table(logits: Tensor) -> np.ndarray:
+    """(..., K) logits -> (n, K) float64 probabilities, rows in the tensor's order."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    return probs.reshape(-1, probs.shape[-1]).double().numpy()
+
+
+class IndexEncoder:
+    def __init__(self):
+        self._coder = constriction.stream.queue.RangeEncoder()
+        self.information_bits = 0.0  # cross-entropy of the coded indices under the prior
+
+    def encode(self, indices: Tensor, logits: Tensor) -> None:
+        probs = probability_table(logits)
+        symbols = indices.reshape(-1).numpy().astype(np.int32)
+        if symbols.size == 0:
+            return
+        self._coder.encode(symbols, _MODEL, probs)
+        chosen = probs[np.arange(symbols.size), symbols] / probs.sum(1)
+        self.information_bits += float(-np.log2(chosen).sum())
+
+    def finish(self) -> bytes:
+        return self._coder.get_compressed().astype("<u4").tobytes()
+
+
+class IndexDecoder:
+    def __init__(self, data: bytes):
+        if len(data) % 4:
+            raise ValueError("payload length is not a multiple of 4 bytes")
+        words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+        self._coder = constriction.stream.queue.RangeDecoder(words)
+
+    def decode(self, logits: Tensor) -> Tensor:
+        probs = probability_table(logits)
+        if probs.shape[0] == 0:
+            return torch.zeros(logits.shape[:-1], dtype=torch.long)
+        symbols = self._coder.decode(_MODEL, probs)
+        return torch.from_numpy(symbols.astype(np.int64)).reshape(logits.shape[:-1])

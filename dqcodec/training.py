@@ -1,0 +1,215 @@
+"""Training: progressive crop sizes, resumable checkpoints, held-out validation, DDP-ready."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from PIL import Image
+from torch import Tensor
+from tqdm import tqdm
+
+from .config import ModelConfig
+from .datasets import list_images
+from .model import DQCodec
+
+
+@dataclass(frozen=True)
+class Stage:
+    crop: int
+    batch: int
+    fraction: float  # share of the total steps
+
+
+DEFAULT_STAGES = (Stage(64, 24, 0.2), Stage(128, 8, 0.45), Stage(192, 4, 0.35))
+
+
+@dataclass
+class TrainOptions:
+    data: Path
+    out: Path
+    steps: int = 20000
+    lr: float = 3e-4
+    warmup: int = 300
+    stages: tuple[Stage, ...] = DEFAULT_STAGES
+    val_count: int = 16
+    val_every: int = 500
+    checkpoint_every: int = 250
+    commitment: float = 0.05
+    rate_weight_ramp: float = 0.3  # share of the steps over which rate-aware assignment fades in
+    seed: int = 0
+    config: ModelConfig = field(default_factory=ModelConfig)
+
+
+def split_train_val(paths: list[Path], val_count: int) -> tuple[list[Path], list[Path]]:
+    """A fixed, name-ordered held-out split: every k-th image goes to validation."""
+    if val_count <= 0:
+        return paths, []
+    step = max(1, len(paths) // val_count)
+    val = paths[::step][:val_count]
+    chosen = set(val)
+    return [p for p in paths if p not in chosen], val
+
+
+def load_rgb(path: Path) -> Tensor:
+    with Image.open(path) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
+
+
+class CropSampler:
+    """All training images held in memory as uint8; random crops with flips."""
+
+    def __init__(self, paths: list[Path], rng: random.Random):
+        self.images = [load_rgb(p) for p in tqdm(paths, desc="loading images", leave=False)]
+        self.rng = rng
+
+    def batch(self, crop: int, size: int) -> Tensor:
+        out = []
+        while len(out) < size:
+            img = self.images[self.rng.randrange(len(self.images))]
+            _, h, w = img.shape
+            if h < crop or w < crop:
+                continue
+            y, x = self.rng.randrange(h - crop + 1), self.rng.randrange(w - crop + 1)
+            patch = img[:, y : y + crop, x : x + crop]
+            if self.rng.random() < 0.5:
+                patch = patch.flip(-1)
+            out.append(patch)
+        return torch.stack(out).float() / 255.0
+
+
+def stage_at(step: int, opts: TrainOptions) -> Stage:
+    total = sum(s.fraction for s in opts.stages)
+    edge = 0.0
+    for s in opts.stages:
+        edge += s.fraction / total * opts.steps
+        if step < edge:
+            return s
+    return opts.stages[-1]
+
+
+def learning_rate(step: int, opts: TrainOptions) -> float:
+    if step < opts.warmup:
+        return opts.lr * (step + 1) / opts.warmup
+    progress = min(1.0, (step - opts.warmup) / max(1, opts.steps - opts.warmup))
+    return opts.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def rd_loss(model: DQCodec, out: dict, x: Tensor, commitment: float) -> dict:
+    pixels = x.shape[0] * x.shape[2] * x.shape[3]
+    mse = (out["x_hat"] - x).pow(2).mean()
+    bpp = sum(out["bits"].values()) / pixels
+    loss = model.config.lmbda * 255**2 * mse + bpp + commitment * out["commitment"]
+    psnr = -10 * torch.log10(mse.detach().clamp_min(1e-10))
+    return {"loss": loss, "mse": mse, "bpp": bpp, "psnr": psnr}
+
+
+@torch.no_grad()
+def validate(model: DQCodec, images: list[Tensor], crop: int = 256) -> dict:
+    """Centre crops of the held-out images, estimated rate from the prior."""
+    model.eval()
+    bpp, psnr = [], []
+    for img in images:
+        _, h, w = img.shape
+        c = min(crop, h, w) // 64 * 64
+        y, x0 = (h - c) // 2, (w - c) // 2
+        x = img[None, :, y : y + c, x0 : x0 + c].float() / 255.0
+        out = model(x)
+        r = rd_loss(model, out, x, 0.0)
+        bpp.append(float(r["bpp"]))
+        psnr.append(float(-10 * torch.log10((out["x_hat"].clamp(0, 1) - x).pow(2).mean())))
+    model.train()
+    return {"bpp": float(np.mean(bpp)), "psnr": float(np.mean(psnr))}
+
+
+def save_checkpoint(path: Path, model: DQCodec, optimizer, step: int, best: float | None) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "config": model.config.to_json(), "best_val": best}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _distributed() -> tuple[int, int]:
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
+    rank, world = _distributed()
+    opts.out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = opts.out / "checkpoint.pt"
+    state = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
+    config = ModelConfig.from_json(state["config"]) if state else opts.config
+    torch.manual_seed(opts.seed + rank)
+    model = DQCodec(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr)
+    step, best = 0, None
+    if state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, best = state["step"], state["best_val"]
+        log(f"resumed from {ckpt_path} at step {step}")
+    wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    train_paths, val_paths = split_train_val(list_images(opts.data), opts.val_count)
+    rng = random.Random(opts.seed * 1000 + rank * 7919 + step)
+    sampler = CropSampler(train_paths[rank::world], rng)
+    val_images = [load_rgb(p) for p in val_paths]
+
+    bar = tqdm(total=opts.steps, initial=step, disable=rank != 0, dynamic_ncols=True)
+    t0, start_step = time.time(), step
+    while step < opts.steps:
+        stage = stage_at(step, opts)
+        x = sampler.batch(stage.crop, stage.batch)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, opts)
+        ramp = min(1.0, step / max(1.0, opts.rate_weight_ramp * opts.steps))
+        for level in (model.top, model.bottom):
+            level.rate_weight = config.rate_weight * ramp
+        out = wrapped(x)
+        r = rd_loss(model, out, x, opts.commitment)
+        optimizer.zero_grad(set_to_none=True)
+        r["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        if step % 100 == 0:
+            for level in ("top", "bottom"):
+                getattr(model, level).quantizer.restart_dead_codes(out["latents"][level])
+        bar.update(1)
+        bar.set_postfix(loss=f"{r['loss'].item():.3f}", bpp=f"{r['bpp'].item():.3f}",
+                        psnr=f"{r['psnr'].item():.2f}", crop=stage.crop)
+        if rank == 0 and (step % opts.val_every == 0 or step == opts.steps) and val_images:
+            v = validate(model, val_images)
+            score = model.config.lmbda * 255**2 * 10 ** (-v["psnr"] / 10) + v["bpp"]
+            log(f"step {step}: val bpp {v['bpp']:.4f} psnr {v['psnr']:.2f} "
+                f"({(time.time() - t0) / 60:.1f} min for {step - start_step} steps)")
+            if best is None or score < best:
+                best = score
+                torch.save({"model": model.state_dict(), "config": model.config.to_json(),
+                            "step": step, "val": v}, opts.out / "best.pt")
+        if rank == 0 and (step % opts.checkpoint_every == 0 or step == opts.steps):
+            save_checkpoint(ckpt_path, model, optimizer, step, best)
+    bar.close()
+    return opts.out / "best.pt"
+
+
+def model_from_checkpoint(path: Path) -> DQCodec:
+    state = load_checkpoint(path)
+    model = DQCodec(ModelConfig.from_json(state["config"]))
+    model.load_state_dict(state["model"])
+    return model.eval()

@@ -1,0 +1,79 @@
+"""Shipped models: safetensors weights (no pickle) with the config in the metadata."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from .config import ModelConfig
+from .errors import DQError
+from .model import DQCodec
+
+WEIGHTS_PACKAGE = "dqcodec.weights"  # the repository's models/ folder, installed in the package
+
+
+class ModelError(DQError):
+    pass
+
+
+def shipped_models() -> dict[int, Path]:
+    """Quality level -> weights file, for every model in models/."""
+    folder = resources.files(WEIGHTS_PACKAGE)
+    found = {}
+    for entry in folder.iterdir():
+        name = entry.name
+        if name.startswith("dq-q") and name.endswith(".safetensors"):
+            found[int(name[4:-12])] = Path(str(entry))
+    return dict(sorted(found.items()))
+
+
+def default_quality() -> int:
+    levels = list(shipped_models())
+    if not levels:
+        raise ModelError("no trained model is installed (models/ holds no dq-q*.safetensors)")
+    return levels[len(levels) // 2]
+
+
+def model_id(model: DQCodec) -> bytes:
+    """8 bytes identifying the weights: SHA-256 over every tensor, in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().contiguous().numpy().tobytes())
+    return digest.digest()[:8]
+
+
+def save_model(model: DQCodec, path: Path, quality: int = 0, half: bool = True) -> None:
+    """Weights only (fp16 by default; they are cast back to fp32 on load)."""
+    state = {k: (v.half() if half and v.is_floating_point() else v).contiguous()
+             for k, v in model.state_dict().items()}
+    meta = {"format": "dqcodec", "config": model.config.to_json(), "quality": str(quality)}
+    save_file(state, str(path), metadata=meta)
+
+
+def read_model_file(path: Path) -> tuple[DQCodec, int]:
+    """Load a safetensors model file; anything else (a pickle, say) is refused unread."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{path} is not a safetensors model file ({exc})") from None
+    if meta.get("format") != "dqcodec" or "config" not in meta:
+        raise ModelError(f"{path} is a safetensors file but not a dqcodec model")
+    try:
+        model = DQCodec(ModelConfig.from_json(meta["config"]))
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except (RuntimeError, TypeError, ValueError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: weights do not match their config ({exc})") from None
+    model.eval()
+    return model, int(meta.get("quality", 0))
