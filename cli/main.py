@@ -146,23 +146,56 @@ def info(input):
 @main.command(name="eval")
 @click.option("--dataset", default="kodak", show_default=True, help="Named dataset (kodak).")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Evaluate this folder of images instead of downloading.")
-@click.option("-q", "--quality", type=int, help="Quality level of a shipped model.")
+@click.option("-q", "--quality", type=int, help="One quality level (default: every shipped level).")
 @click.option("--model", type=click.Path(path_type=Path), help="A model file (.safetensors).")
+@click.option("--compare", default="", help="Classic codecs to run on the same images: jpeg,webp,avif,heic,jxl.")
+@click.option("--published", is_flag=True, help="Add CompressAI's published Kodak curves to the plot.")
+@click.option("--published-dir", type=click.Path(path_type=Path), help="Folder of CompressAI result JSON files.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write an RD plot (PNG).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write all figures as JSON.")
+@click.option("-v", "--verbose", is_flag=True, help="Per-image tables for every level.")
 @click.option("--progress/--no-progress", default=True)
 @user_errors
-def eval_(dataset, data_dir, quality, model, json_path, progress):
-    """Rate-distortion of dqcodec on a dataset, from real bitstreams."""
+def eval_(dataset, data_dir, quality, model, compare, published, published_dir, plot_path,
+          json_path, verbose, progress):
+    """Rate-distortion of dqcodec (and other codecs) on a dataset, from real bitstreams."""
+    from dqcodec import baselines, evaluation, rd
     from dqcodec.datasets import resolve_dataset
-    from dqcodec.evaluation import evaluate, report
+    from dqcodec.zoo import shipped_models
 
     paths = resolve_dataset(dataset, data_dir)
-    codec = load_codec(quality, model)
-    results = evaluate(codec, paths, progress=progress)
-    summary = report(codec, str(data_dir or dataset), results)
-    click.echo(format_table(summary))
+    if model is not None or quality is not None:
+        codecs = [load_codec(quality, model)]
+    else:
+        codecs = [load_codec(q) for q in shipped_models()] or [load_codec()]
+    reports, curves = [], {"dqcodec": []}
+    for codec in codecs:
+        results = evaluation.evaluate(codec, paths, progress=progress)
+        summary = evaluation.report(codec, str(data_dir or dataset), results)
+        reports.append(summary)
+        curves["dqcodec"].append(evaluation.curve_point(codec.quality, results))
+        if verbose or len(codecs) == 1:
+            click.echo(f"dqcodec quality {codec.quality} ({codec.model_id.hex()}):")
+            click.echo(format_table(summary))
+    names = [n.strip().lower() for n in compare.split(",") if n.strip()]
+    usable, missing = baselines.available_codecs(names)
+    for name, reason in missing.items():
+        click.echo(f"note: skipping {name}: {reason}", err=True)
+    for name in usable:
+        curves[name] = baselines.evaluate_baseline(name, paths, progress=progress)
+    comparison = evaluation.compare(curves)
+    click.echo(format_curves(curves))
+    if len(curves) > 1:
+        click.echo(format_comparison(comparison, list(curves)))
+    if plot_path:
+        extra = rd.load_published(published_dir or default_published_dir(),
+                                  ["bmshj2018-hyperprior", "mbt2018", "bpg", "vtm"]) if published else None
+        pairs = {n: [(p["bpp"], p["psnr"]) for p in pts] for n, pts in curves.items()}
+        write_atomic(plot_path, lambda tmp: rd.plot_rd(pairs, tmp, f"RGB PSNR on {data_dir or dataset}",
+                                                       published=extra))
     if json_path:
-        write_bytes_atomic(json_path, json.dumps(summary, indent=1).encode())
+        payload = {"dqcodec": reports, "curves": curves, "comparison": comparison}
+        write_bytes_atomic(json_path, json.dumps(payload, indent=1).encode())
 
 
 def format_table(summary: dict) -> str:
@@ -179,6 +212,40 @@ def format_table(summary: dict) -> str:
     return "\n".join(rows)
 
 
+def default_published_dir() -> Path:
+    here = Path(__file__).resolve().parents[1]
+    for candidate in (here.parent / "shared" / "anchors" / "compressai_kodak",):
+        if candidate.is_dir():
+            return candidate
+    raise DQError("no published curves found; pass --published-dir DIR (CompressAI's results/image/kodak)")
+
+
+def format_curves(curves: dict) -> str:
+    lines = [f"{'codec':<10}{'setting':>9}{'bpp':>8}{'PSNR':>8}{'MS-SSIM':>9}{'enc s':>8}{'dec s':>8}"]
+    for name, points in curves.items():
+        for p in points:
+            ms = f"{p['ms_ssim']:.4f}" if p.get("ms_ssim") is not None else "-"
+            lines.append(f"{name:<10}{str(p['setting']):>9}{p['bpp']:>8.4f}{p['psnr']:>8.2f}{ms:>9}"
+                         f"{p['encode_s']:>8.3f}{p['decode_s']:>8.3f}")
+    return "\n".join(lines)
+
+
+def format_comparison(comparison: dict, names: list[str]) -> str:
+    def cell(v, fmt):
+        return format(v, fmt) if v is not None else "-"
+
+    bpps = next(iter(comparison["psnr_at_bpp"].values())).keys()
+    lines = ["", "PSNR (dB) at " + " / ".join(bpps) + " bpp:"]
+    for name, row in comparison["psnr_at_bpp"].items():
+        lines.append(f"  {name:<10}" + "".join(f"{cell(v, '.2f'):>8}" for v in row.values()))
+    lines += ["", "BD-rate (%) of row vs column, 0.1-1.5 bpp (negative: row needs fewer bits):",
+              " " * 12 + "".join(f"{n:>10}" for n in names)]
+    for b in names:
+        cells = [cell(comparison["bd_rate_percent"].get(f"{b} vs {a}"), "+.1f") if a != b else "" for a in names]
+        lines.append(f"  {b:<10}" + "".join(f"{c:>10}" for c in cells))
+    return "\n".join(lines)
+
+
 @main.command()
 @click.option("--data", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
               help="Folder of training photos (a held-out part is used for validation).")
@@ -188,9 +255,10 @@ def format_table(summary: dict) -> str:
 @click.option("--lambda", "lmbda", type=float, default=0.0067, show_default=True, help="Rate-distortion trade-off.")
 @click.option("--groups", type=int, default=96, show_default=True, help="DQ groups of the bottom level (1 = plain VQ).")
 @click.option("--codebook-size", type=int, default=64, show_default=True)
+@click.option("--width", type=int, default=128, show_default=True, help="Feature channels of the transforms.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
 @user_errors
-def train(data, out, steps, lr, lmbda, groups, codebook_size, resume):
+def train(data, out, steps, lr, lmbda, groups, codebook_size, width, resume):
     """Train a model (progressive crop sizes, resumable)."""
     import dataclasses
 
@@ -200,7 +268,7 @@ def train(data, out, steps, lr, lmbda, groups, codebook_size, resume):
     base = ModelConfig()
     bottom = dataclasses.replace(base.bottom, groups=groups, codebook_size=codebook_size,
                                  slices=min(base.bottom.slices, groups))
-    config = dataclasses.replace(base, lmbda=lmbda, bottom=bottom)
+    config = dataclasses.replace(base, lmbda=lmbda, bottom=bottom, width=width, prior_width=width)
     best = run_training(TrainOptions(data=data, out=out, steps=steps, lr=lr, config=config),
                         resume=resume, log=lambda m: click.echo(m, err=True))
     click.echo(f"best checkpoint: {best}")

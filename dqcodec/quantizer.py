@@ -9,12 +9,12 @@ import torch.nn as nn
 from torch import Tensor
 
 
-def lattice_codebook(groups: int, codebook_size: int, dim: int, spacing: float = 0.25) -> Tensor:
+def lattice_codebook(groups: int, codebook_size: int, dim: int, spacing: float = 1.0) -> Tensor:
     """Codes on an integer lattice when K is a perfect power of the group dimension.
 
     Starting from a lattice makes the untrained quantizer behave like rounding, which
-    trains as reliably as scalar quantization; the codes then move freely. The fine
-    spacing matches the scale of a freshly initialised encoder's outputs.
+    trains as reliably as scalar quantization (a finer lattice clips a fresh encoder's
+    outputs and destabilised training); the codes then move freely.
     """
     side = round(codebook_size ** (1.0 / dim))
     if side**dim == codebook_size:

@@ -35,6 +35,10 @@ class IndexEncoder:
 
 
 class IndexDecoder:
+    """Decodes what IndexEncoder wrote. Corrupt data raises ValueError (never another type);
+    constriction reads past the end as if the data went on with zero words, so a short
+    payload does not fail here by itself."""
+
     def __init__(self, data: bytes):
         if len(data) % 4:
             raise ValueError("payload length is not a multiple of 4 bytes")
@@ -45,5 +49,8 @@ class IndexDecoder:
         probs = probability_table(logits)
         if probs.shape[0] == 0:
             return torch.zeros(logits.shape[:-1], dtype=torch.long)
-        symbols = self._coder.decode(_MODEL, probs)
+        try:
+            symbols = self._coder.decode(_MODEL, probs)
+        except AssertionError:  # constriction's way of saying the data cannot come from this model
+            raise ValueError("range-coded data is invalid under the model's probabilities") from None
         return torch.from_numpy(symbols.astype(np.int64)).reshape(logits.shape[:-1])

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .config import ModelConfig
 from .datasets import list_images
+from .errors import DQError
 from .model import DQCodec
 
 
@@ -49,7 +50,9 @@ class TrainOptions:
 
 
 def split_train_val(paths: list[Path], val_count: int) -> tuple[list[Path], list[Path]]:
-    """A fixed, name-ordered held-out split: every k-th image goes to validation."""
+    """A fixed, name-ordered held-out split: every k-th image goes to validation
+    (at most a fifth of the folder)."""
+    val_count = min(val_count, len(paths) // 5)
     if val_count <= 0:
         return paths, []
     step = max(1, len(paths) // val_count)
@@ -71,12 +74,13 @@ class CropSampler:
         self.rng = rng
 
     def batch(self, crop: int, size: int) -> Tensor:
+        usable = [im for im in self.images if min(im.shape[1:]) >= crop]
+        if not usable:
+            raise DQError(f"no training image is at least {crop}x{crop} pixels")
         out = []
         while len(out) < size:
-            img = self.images[self.rng.randrange(len(self.images))]
+            img = usable[self.rng.randrange(len(usable))]
             _, h, w = img.shape
-            if h < crop or w < crop:
-                continue
             y, x = self.rng.randrange(h - crop + 1), self.rng.randrange(w - crop + 1)
             patch = img[:, y : y + crop, x : x + crop]
             if self.rng.random() < 0.5:
@@ -164,6 +168,8 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
         step, best = state["step"], state["best_val"]
         log(f"resumed from {ckpt_path} at step {step}")
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    if world > 1 and rank == 0:
+        log(f"distributed data parallel: {world} processes ({dist.get_backend()})")
 
     train_paths, val_paths = split_train_val(list_images(opts.data), opts.val_count)
     rng = random.Random(opts.seed * 1000 + rank * 7919 + step)
@@ -189,7 +195,11 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
         step += 1
         if step % 100 == 0:
             for level in ("top", "bottom"):
-                getattr(model, level).quantizer.restart_dead_codes(out["latents"][level])
+                quantizer = getattr(model, level).quantizer
+                quantizer.restart_dead_codes(out["latents"][level])
+                if world > 1:  # every replica must keep rank 0's codebooks
+                    dist.broadcast(quantizer.codebooks.data, 0)
+                    dist.broadcast(quantizer.usage, 0)
         bar.update(1)
         bar.set_postfix(loss=f"{r['loss'].item():.3f}", bpp=f"{r['bpp'].item():.3f}",
                         psnr=f"{r['psnr'].item():.2f}", crop=stage.crop)

@@ -1,0 +1,325 @@
+"""Classic image codecs (JPEG, WebP, AVIF, HEIC, JPEG XL) measured on real bitstreams.
+
+Each codec encodes an 8-bit RGB PIL image to bytes in memory at one setting and decodes those
+bytes again, so sizes and distortions are those of the actual files. The settings of each codec are
+chosen so that its curve spans roughly 0.1–1.6 bpp on Kodak-like photographs (see
+``shared/anchors/kodak_pillow_codecs.json``).
+
+    codecs, unavailable = available_codecs(["jpeg", "heic"])
+    points = evaluate_baseline("jpeg", paths)
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import DQError
+from .image_io import open_image
+from .metrics import bits_per_pixel, ms_ssim, psnr
+
+Setting = float  # quality (jpeg, webp, avif, heic) or butteraugli distance (jxl)
+
+
+class BaselineError(DQError):
+    pass
+
+
+@dataclass(frozen=True)
+class Codec:
+    """One classic codec: ``run(image, setting) -> (num_bytes, decoded, encode_s, decode_s)``."""
+
+    name: str
+    description: str
+    setting_name: str  # "quality" or "distance"
+    settings: tuple[Setting, ...]  # ordered from the lowest to the highest rate
+    encode: Callable[[Image.Image, Setting], bytes]
+    decode: Callable[[bytes], Image.Image]
+    probe: Callable[[], str | None]  # None when usable, else a one-line reason
+
+    def run(self, image: Image.Image, setting: Setting) -> tuple[int, Image.Image, float, float]:
+        image = image if image.mode == "RGB" else image.convert("RGB")
+        start = time.perf_counter()
+        data = self.encode(image, setting)
+        encode_s = time.perf_counter() - start
+        start = time.perf_counter()
+        decoded = self.decode(data)
+        decode_s = time.perf_counter() - start
+        if decoded.mode != "RGB":
+            decoded = decoded.convert("RGB")
+        if decoded.size != image.size:
+            raise BaselineError(
+                f"{self.name} at {self.setting_name}={setting}: decoded size {decoded.size} "
+                f"differs from the input's {image.size}"
+            )
+        return len(data), decoded, encode_s, decode_s
+
+
+# --------------------------------------------------------------------------- Pillow codecs
+
+
+def _pillow_encode(fmt: str, **options) -> Callable[[Image.Image, Setting], bytes]:
+    def encode(image: Image.Image, setting: Setting) -> bytes:
+        buf = io.BytesIO()
+        image.save(buf, format=fmt, quality=int(setting), **options)
+        return buf.getvalue()
+
+    return encode
+
+
+def _pillow_decode(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return im.convert("RGB")
+
+
+def _pillow_probe(feature: str | None) -> Callable[[], str | None]:
+    def probe() -> str | None:
+        if feature is None:
+            return None
+        from PIL import features
+
+        try:
+            if features.check(feature):
+                return None
+        except ValueError:
+            pass
+        return f"this Pillow ({Image.__version__}) was built without {feature} support"
+
+    return probe
+
+
+# --------------------------------------------------------------------------- HEIC (pillow-heif)
+
+
+def _heic_probe() -> str | None:
+    try:
+        import pillow_heif
+    except ImportError as exc:
+        return f"pillow-heif is not installed ({exc}); pip install pillow-heif"
+    try:
+        encoders = pillow_heif.libheif_info().get("HEIF") or ""
+    except Exception as exc:  # noqa: BLE001 - any failure means unusable
+        return f"pillow-heif is broken: {exc}"
+    if not encoders:
+        return "pillow-heif's libheif has no HEVC encoder"
+    return None
+
+
+def _heic_encode(image: Image.Image, setting: Setting) -> bytes:
+    import pillow_heif
+
+    buf = io.BytesIO()
+    pillow_heif.from_pillow(image).save(buf, quality=int(setting), chroma=444)
+    return buf.getvalue()
+
+
+def _heic_decode(data: bytes) -> Image.Image:
+    import pillow_heif
+
+    return pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=True).to_pillow().convert("RGB")
+
+
+# --------------------------------------------------------------------------- JPEG XL (imagecodecs)
+
+
+def _jxl_probe() -> str | None:
+    try:
+        import imagecodecs
+    except ImportError as exc:
+        return f"imagecodecs is not installed ({exc}); pip install imagecodecs"
+    try:
+        available = bool(imagecodecs.JPEGXL.available)
+    except AttributeError:
+        available = hasattr(imagecodecs, "jpegxl_encode")
+    return None if available else "this imagecodecs was built without JPEG XL (libjxl) support"
+
+
+def _jxl_encode(image: Image.Image, setting: Setting) -> bytes:
+    import imagecodecs
+
+    array = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+    return bytes(imagecodecs.jpegxl_encode(array, distance=float(setting), effort=7))
+
+
+def _jxl_decode(data: bytes) -> Image.Image:
+    import imagecodecs
+
+    array = np.asarray(imagecodecs.jpegxl_decode(data))
+    if array.dtype != np.uint8:
+        raise BaselineError(f"jxl decoded to {array.dtype}, expected uint8")
+    if array.ndim == 2:
+        return Image.fromarray(array, "L").convert("RGB")
+    return Image.fromarray(np.ascontiguousarray(array[..., :3]), "RGB")
+
+
+# --------------------------------------------------------------------------- registry
+
+# Settings from shared/anchors/kodak_pillow_codecs.json (Kodak means): each list starts near or
+# below 0.2 bpp and ends just past 1.6 bpp, so interpolation and BD-rate cover 0.1/0.2–1.6 bpp.
+CODECS: dict[str, Codec] = {
+    "jpeg": Codec(
+        "jpeg",
+        "JPEG (Pillow/libjpeg), 4:2:0",
+        "quality",
+        (5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 85),  # 0.22 .. ~1.9 bpp
+        _pillow_encode("JPEG"),  # Pillow's default subsampling is 4:2:0
+        _pillow_decode,
+        _pillow_probe(None),
+    ),
+    "jpeg444": Codec(
+        "jpeg444",
+        "JPEG (Pillow/libjpeg), 4:4:4",
+        "quality",
+        (5, 10, 15, 20, 30, 40, 50, 60, 70, 75),  # 0.32 .. ~1.6 bpp
+        _pillow_encode("JPEG", subsampling=0),
+        _pillow_decode,
+        _pillow_probe(None),
+    ),
+    "webp": Codec(
+        "webp",
+        "WebP (Pillow/libwebp), method 6",
+        "quality",
+        (2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90),  # 0.17 .. 1.9 bpp
+        _pillow_encode("WEBP", method=6),
+        _pillow_decode,
+        _pillow_probe("webp"),
+    ),
+    "avif": Codec(
+        "avif",
+        "AVIF (Pillow/libavif), speed 4, 4:4:4",
+        "quality",
+        (10, 20, 30, 40, 45, 50, 55, 60, 65, 70, 80),  # 0.11 .. 1.7 bpp
+        _pillow_encode("AVIF", speed=4, subsampling="4:4:4"),
+        _pillow_decode,
+        _pillow_probe("avif"),
+    ),
+    "heic": Codec(
+        "heic",
+        "HEIC (pillow-heif, libheif + x265 HEVC intra), 4:4:4",
+        "quality",
+        (10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60),  # 0.07 .. 2.0 bpp
+        _heic_encode,
+        _heic_decode,
+        _heic_probe,
+    ),
+    "jxl": Codec(
+        "jxl",
+        "JPEG XL (imagecodecs/libjxl), effort 7",
+        "distance",
+        (16.0, 12.0, 8.0, 6.0, 4.5, 3.5, 2.5, 2.0, 1.5, 1.2, 1.0),  # ~0.18 .. 1.9 bpp
+        _jxl_encode,
+        _jxl_decode,
+        _jxl_probe,
+    ),
+}
+
+
+def _probe_image() -> Image.Image:
+    y, x = np.mgrid[0:16, 0:16]
+    array = np.stack([x * 15, y * 15, (x + y) * 7], -1).astype(np.uint8)
+    return Image.fromarray(array, "RGB")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def codec_unavailable(name: str) -> str | None:
+    """None when the codec can be used here, else a one-line reason."""
+    codec = CODECS.get(name)
+    if codec is None:
+        return f"unknown codec {name!r} (known: {', '.join(CODECS)})"
+    try:
+        reason = codec.probe()
+        if reason is None:  # a tiny round trip catches plugins that import but cannot encode
+            codec.run(_probe_image(), codec.settings[len(codec.settings) // 2])
+    except Exception as exc:  # noqa: BLE001 - report, never raise
+        reason = f"{codec.name} fails a test encode: {_one_line(exc)}"
+    return reason
+
+
+def available_codecs(names: Iterable[str]) -> tuple[dict[str, Codec], dict[str, str]]:
+    """-> ({name: Codec} usable here, {name: one-line reason} for the others), in the given order."""
+    usable: dict[str, Codec] = {}
+    unavailable: dict[str, str] = {}
+    for raw in names:
+        name = raw.strip().lower()
+        if not name or name in usable or name in unavailable:
+            continue
+        reason = codec_unavailable(name)
+        if reason is None:
+            usable[name] = CODECS[name]
+        else:
+            unavailable[name] = reason
+    return usable, unavailable
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values)) if len(values) else math.nan
+
+
+def evaluate_baseline(
+    name: str,
+    paths: Sequence[str | Path],
+    progress: bool = True,
+    settings: Sequence[Setting] | None = None,
+) -> list[dict]:
+    """Encode every image at every setting of codec ``name``; one averaged point per setting.
+
+    Each point: ``{"setting", "bpp", "psnr", "ms_ssim", "encode_s", "decode_s"}``, the means over
+    images of per-image bpp, RGB PSNR (8-bit), MS-SSIM (None when no image is large enough) and
+    seconds per image. Points come in the codec's setting order (rising rate).
+    """
+    reason = codec_unavailable(name)
+    if reason is not None:
+        raise BaselineError(f"codec {name!r} unavailable: {reason}")
+    codec = CODECS[name]
+    settings = tuple(codec.settings if settings is None else settings)
+    if not paths:
+        raise BaselineError("no images to evaluate")
+    images = [open_image(p).convert("RGB") for p in paths]
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(settings) * len(images), desc=name, unit="img", file=sys.stderr, leave=False)
+    points = []
+    try:
+        for setting in settings:
+            bpps, psnrs, ssims, enc, dec = [], [], [], [], []
+            for image in images:
+                num_bytes, decoded, encode_s, decode_s = codec.run(image, setting)
+                bpps.append(bits_per_pixel(num_bytes, image))
+                psnrs.append(psnr(image, decoded))
+                value = ms_ssim(image, decoded)
+                if value is not None:
+                    ssims.append(value)
+                enc.append(encode_s)
+                dec.append(decode_s)
+                if bar is not None:
+                    bar.update(1)
+            points.append(
+                {
+                    "setting": setting,
+                    "bpp": _mean(bpps),
+                    "psnr": _mean(psnrs),
+                    "ms_ssim": _mean(ssims) if ssims else None,
+                    "encode_s": _mean(enc),
+                    "decode_s": _mean(dec),
+                }
+            )
+    finally:
+        if bar is not None:
+            bar.close()
+    return points

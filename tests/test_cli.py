@@ -1,0 +1,171 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from dqcodec.cli import main
+from dqcodec.metrics import psnr
+
+from conftest import photo
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result
+
+
+def run_process(*args, env=None):
+    """The installed console script, as a user runs it."""
+    cmd = [sys.executable, "-m", "dqcodec.cli", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          timeout=120)
+
+
+def assert_clean_failure(result, *missing_outputs):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), result.stderr
+    for path in missing_outputs:
+        assert not path.exists()
+        assert not list(path.parent.glob(f".{path.name}.*"))  # no temporary leftovers
+
+
+def test_encode_decode_roundtrip(tmp_path, model_file):
+    src = tmp_path / "in.png"
+    photo(100, 70).save(src)
+    assert run("encode", src, "-o", tmp_path / "a.dq", "--model", model_file).exit_code == 0
+    assert run("decode", tmp_path / "a.dq", "-o", tmp_path / "a.png", "--model", model_file).exit_code == 0
+    out = Image.open(tmp_path / "a.png")
+    assert out.size == (100, 70)
+    info = run("info", tmp_path / "a.dq")
+    assert "100x70 RGB" in info.output
+    size = (tmp_path / "a.dq").stat().st_size
+    assert f"{size * 8 / 7000:.4f}" in info.output
+
+
+def test_eval_matches_files_written_by_encode_and_decode(tmp_path, image_dir, model_file):
+    report_path = tmp_path / "r.json"
+    r = run("eval", "--data-dir", image_dir, "--model", model_file, "--json", report_path, "--no-progress")
+    assert r.exit_code == 0, r.output
+    report = json.loads(report_path.read_text())["dqcodec"][0]
+    assert len(report["images"]) == 2
+    for entry in report["images"]:
+        src = image_dir / entry["name"]
+        dq, png = tmp_path / (src.stem + ".dq"), tmp_path / (src.stem + ".png")
+        assert run("encode", src, "-o", dq, "--model", model_file).exit_code == 0
+        assert run("decode", dq, "-o", png, "--model", model_file).exit_code == 0
+        original, decoded = Image.open(src), Image.open(png)
+        bpp = dq.stat().st_size * 8 / (original.width * original.height)
+        assert entry["bytes"] == dq.stat().st_size
+        assert abs(entry["bpp"] - bpp) < 1e-9
+        assert abs(entry["psnr"] - psnr(original, decoded)) < 1e-9
+    assert abs(report["mean"]["bpp"] - np.mean([e["bpp"] for e in report["images"]])) < 1e-12
+    assert "mean" in r.output
+
+
+def test_decoding_ignores_thread_count(tmp_path, model_file):
+    src = tmp_path / "in.png"
+    photo(200, 136, 7).save(src)
+    assert run("encode", src, "-o", tmp_path / "a.dq", "--model", model_file).exit_code == 0
+    outputs = []
+    for threads in (1, 2):
+        out = tmp_path / f"t{threads}.png"
+        code = ("import torch, sys; torch.set_num_threads(%d); from dqcodec.cli import main; "
+                "sys.exit(main())" % threads)
+        res = subprocess.run([sys.executable, "-c", code, "decode", str(tmp_path / "a.dq"), "-o",
+                              str(out), "--model", str(model_file)], capture_output=True, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": str(threads)}, timeout=120)
+        assert res.returncode == 0, res.stderr
+        outputs.append(np.asarray(Image.open(out)))
+    assert np.array_equal(outputs[0], outputs[1])
+
+
+def test_missing_input(tmp_path, model_file):
+    res = run_process("encode", tmp_path / "nope.png", "-o", tmp_path / "x.dq", "--model", model_file)
+    assert_clean_failure(res, tmp_path / "x.dq")
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not an image"])
+def test_not_an_image(tmp_path, model_file, content):
+    src = tmp_path / "fake.png"
+    src.write_bytes(content)
+    res = run_process("encode", src, "-o", tmp_path / "x.dq", "--model", model_file)
+    assert_clean_failure(res, tmp_path / "x.dq")
+
+
+def test_corrupt_dq(tmp_path, model_file):
+    src = tmp_path / "in.png"
+    photo(64, 64).save(src)
+    assert run("encode", src, "-o", tmp_path / "a.dq", "--model", model_file).exit_code == 0
+    data = bytearray((tmp_path / "a.dq").read_bytes())
+    data[-3] ^= 0x10
+    (tmp_path / "bad.dq").write_bytes(bytes(data))
+    res = run_process("decode", tmp_path / "bad.dq", "-o", tmp_path / "out.png", "--model", model_file)
+    assert_clean_failure(res, tmp_path / "out.png")
+    assert "CRC32" in res.stderr
+
+
+def test_wrong_model(tmp_path, model_file, other_model_file):
+    src = tmp_path / "in.png"
+    photo(64, 64).save(src)
+    assert run("encode", src, "-o", tmp_path / "a.dq", "--model", model_file).exit_code == 0
+    res = run_process("decode", tmp_path / "a.dq", "-o", tmp_path / "out.png", "--model", other_model_file)
+    assert_clean_failure(res, tmp_path / "out.png")
+    assert "model" in res.stderr
+
+
+def test_pickle_model_is_refused(tmp_path):
+    import torch
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": torch.zeros(1)}, evil)
+    src = tmp_path / "in.png"
+    photo(32, 32).save(src)
+    res = run_process("encode", src, "-o", tmp_path / "a.dq", "--model", evil)
+    assert_clean_failure(res, tmp_path / "a.dq")
+
+
+def test_existing_output_is_kept_without_force(tmp_path, model_file):
+    src = tmp_path / "in.png"
+    photo(32, 32).save(src)
+    target = tmp_path / "a.dq"
+    target.write_bytes(b"precious")
+    r = run("encode", src, "-o", target, "--model", model_file)
+    assert r.exit_code != 0 and "--force" in r.output
+    assert target.read_bytes() == b"precious"
+    assert run("encode", src, "-o", target, "--model", model_file, "--force").exit_code == 0
+    assert target.read_bytes()[:4] == b"\x89DQC"
+
+
+def test_output_equal_to_input_is_refused(tmp_path, model_file):
+    src = tmp_path / "in.png"
+    photo(32, 32).save(src)
+    before = src.read_bytes()
+    r = run("encode", src, "-o", src, "--model", model_file, "--force")
+    assert r.exit_code != 0 and "input" in r.output
+    assert src.read_bytes() == before
+
+
+def test_train_and_resume(tmp_path):
+    data = tmp_path / "photos"
+    data.mkdir()
+    for i in range(5):
+        photo(200, 200, i).save(data / f"{i}.png")
+    out = tmp_path / "run"
+    args = ["train", "--data", data, "--out", out, "--width", 8, "--groups", 4, "--codebook-size", 4]
+    r = run(*args, "--steps", 2)
+    assert r.exit_code == 0, r.output
+    assert (out / "checkpoint.pt").exists()
+    r = run(*args, "--steps", 3, "--resume")
+    assert r.exit_code == 0 and "resumed from" in r.output and "at step 2" in r.output
+    exported = tmp_path / "m.safetensors"
+    assert run("export", out / "best.pt", "-o", exported).exit_code == 0
+    src = tmp_path / "in.png"
+    photo(64, 64).save(src)
+    assert run("encode", src, "-o", tmp_path / "a.dq", "--model", exported).exit_code == 0

@@ -1,0 +1,24 @@
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import photo
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not installed")
+def test_two_process_training_with_gloo(tmp_path):
+    data = tmp_path / "photos"
+    data.mkdir()
+    for i in range(6):
+        photo(200, 200, i).save(data / f"{i}.png")
+    out = tmp_path / "run"
+    cmd = ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "dqcodec.cli", "train",
+           "--data", str(data), "--out", str(out), "--steps", "3", "--width", "8", "--groups", "4",
+           "--codebook-size", "4"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                         env={"OMP_NUM_THREADS": "1", "PATH": __import__("os").environ["PATH"]})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "distributed data parallel: 2 processes (gloo)" in res.stderr
+    assert (out / "checkpoint.pt").exists()
