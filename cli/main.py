@@ -256,9 +256,11 @@ def format_comparison(comparison: dict, names: list[str]) -> str:
 @click.option("--groups", type=int, default=96, show_default=True, help="DQ groups of the bottom level (1 = plain VQ).")
 @click.option("--codebook-size", type=int, default=64, show_default=True)
 @click.option("--width", type=int, default=128, show_default=True, help="Feature channels of the transforms.")
+@click.option("--init", "init", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Start from this model's weights (e.g. a shipped one), with a fresh optimizer.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
 @user_errors
-def train(data, out, steps, lr, lmbda, groups, codebook_size, width, resume):
+def train(data, out, steps, lr, lmbda, groups, codebook_size, width, init, resume):
     """Train a model (progressive crop sizes, resumable)."""
     import dataclasses
 
@@ -269,7 +271,9 @@ def train(data, out, steps, lr, lmbda, groups, codebook_size, width, resume):
     bottom = dataclasses.replace(base.bottom, groups=groups, codebook_size=codebook_size,
                                  slices=min(base.bottom.slices, groups))
     config = dataclasses.replace(base, lmbda=lmbda, bottom=bottom, width=width, prior_width=width)
-    best = run_training(TrainOptions(data=data, out=out, steps=steps, lr=lr, config=config),
+    options = TrainOptions(data=data, out=out, steps=steps, lr=lr, config=config, init=init,
+                           init_lmbda=lmbda if init else None)
+    best = run_training(options,
                         resume=resume, log=lambda m: click.echo(m, err=True))
     click.echo(f"best checkpoint: {best}")
 

@@ -34,9 +34,10 @@ class EncodeResult:
 
 
 class Codec:
-    def __init__(self, model: DQCodec, quality: int = 0):
+    def __init__(self, model: DQCodec, quality: int = 0, rate_weight: float | None = None):
         self.model = model.eval()
         self.quality = quality
+        self.rate_weight = rate_weight
         self.model_id = zoo.model_id(model)
         self.stride = model.config.top_stride
 
@@ -44,7 +45,7 @@ class Codec:
     def encode_image(self, image: Image.Image) -> EncodeResult:
         rgb, alpha, mode = split_alpha(image)
         x = pad_to_stride(to_tensor(rgb), self.stride)
-        out = self.model.compress(x)
+        out = self.model.compress(x, self.rate_weight)
         top, bottom = out["strings"]
         alpha_bytes = zlib.compress(alpha.tobytes(), 9) if alpha is not None else b""
         crc = index_checksum(out["indices"]["top"], out["indices"]["bottom"])
@@ -104,8 +105,14 @@ def _load(quality: int | None, path: str | None) -> Codec:
     q = zoo.default_quality() if quality is None else quality
     if q not in levels:
         raise DQError(f"no model for quality {q} (available: {', '.join(map(str, levels)) or 'none'})")
-    model, _ = zoo.read_model_file(levels[q])
-    return Codec(model, q)
+    model, _ = _read_weights(levels[q].weights)
+    return Codec(model, q, levels[q].rate_weight)
+
+
+@lru_cache(maxsize=4)
+def _read_weights(path: Path):
+    """Quality levels that share a weights file share one loaded model."""
+    return zoo.read_model_file(path)
 
 
 def load_codec(quality: int | None = None, path: str | Path | None = None) -> Codec:

@@ -65,6 +65,8 @@ class DQFile:
             raise FormatError("corrupt .dq file (CRC32 mismatch)")
         if mode >= len(MODES) or width == 0 or height == 0:
             raise FormatError("corrupt .dq header (bad mode or size)")
+        if n_alpha and MODES[mode] in ("RGB", "L"):
+            raise FormatError(f"corrupt .dq header (alpha data in a {MODES[mode]} file)")
         top_end = HEADER_SIZE + n_top
         bottom_end = top_end + n_bottom
         return cls(MODES[mode], quality, model_id, width, height, data[HEADER_SIZE:top_end],

@@ -54,11 +54,13 @@ class DQLatentCodec(LatentCodec):
             all_logits.append((groups, positions, logits))
         return y_hat, indices, all_logits
 
-    def _assigner(self, z: Tensor) -> Chooser:
+    def _assigner(self, z: Tensor, rate_weight: float | None = None) -> Chooser:
+        weight = self.rate_weight if rate_weight is None else rate_weight
+
         def choose(p: Pass, groups: slice, logits: Tensor, positions: Tensor) -> Tensor:
             zs = z[:, self.prior.channel_slice(p.slice_index)]
             bits = -torch.log_softmax(logits.detach(), -1) / torch.log(torch.tensor(2.0))
-            return self.quantizer.assign(zs.detach(), groups, bits, self.rate_weight)
+            return self.quantizer.assign(zs.detach(), groups, bits, weight)
 
         return choose
 
@@ -75,9 +77,11 @@ class DQLatentCodec(LatentCodec):
         return {"y_hat": y_hat, "bits": bits, "indices": indices, "commitment": commitment}
 
     @torch.no_grad()
-    def compress(self, z: Tensor, cond: Tensor) -> dict:
+    def compress(self, z: Tensor, cond: Tensor, rate_weight: float | None = None) -> dict:
+        """rate_weight overrides the trained assignment strength: the decoder does not
+        depend on it, so one model serves several rates."""
         encoder = IndexEncoder()
-        assign = self._assigner(z)
+        assign = self._assigner(z, rate_weight)
 
         def choose(p: Pass, groups: slice, logits: Tensor, positions: Tensor) -> Tensor:
             chosen = assign(p, groups, logits, positions)

@@ -70,12 +70,12 @@ class DQCodec(CompressionModel):
         }
 
     @torch.no_grad()
-    def compress(self, x: Tensor) -> dict:
+    def compress(self, x: Tensor, rate_weight: float | None = None) -> dict:
         h = self.g_a(x)
         t = self.top_a(h)
-        top = self.top.compress(t, self._unconditioned(t))
+        top = self.top.compress(t, self._unconditioned(t), rate_weight)
         cond = self.top_s(top["y_hat"])
-        bottom = self.bottom.compress(self.bottom_a(torch.cat([h, cond], 1)), cond)
+        bottom = self.bottom.compress(self.bottom_a(torch.cat([h, cond], 1)), cond, rate_weight)
         return {
             "strings": [top["string"], bottom["string"]],
             "shape": tuple(t.shape[-2:]),

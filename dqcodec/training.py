@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -47,6 +48,8 @@ class TrainOptions:
     rate_weight_ramp: float = 0.3  # share of the steps over which rate-aware assignment fades in
     seed: int = 0
     config: ModelConfig = field(default_factory=ModelConfig)
+    init: Path | None = None  # start from a shipped model's weights (fresh optimizer)
+    init_lmbda: float | None = None  # retarget an initialised model to another trade-off
 
 
 def split_train_val(paths: list[Path], val_count: int) -> tuple[list[Path], list[Path]]:
@@ -157,9 +160,20 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
     opts.out.mkdir(parents=True, exist_ok=True)
     ckpt_path = opts.out / "checkpoint.pt"
     state = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
-    config = ModelConfig.from_json(state["config"]) if state else opts.config
     torch.manual_seed(opts.seed + rank)
-    model = DQCodec(config)
+    if state:
+        model = DQCodec(ModelConfig.from_json(state["config"]))
+    elif opts.init is not None:
+        from .zoo import read_model_file
+
+        model, _ = read_model_file(opts.init)
+        model.train()
+        if opts.init_lmbda is not None:
+            model.config = dataclasses.replace(model.config, lmbda=opts.init_lmbda)
+        log(f"initialised from {opts.init} (lambda {model.config.lmbda})")
+    else:
+        model = DQCodec(opts.config)
+    config = model.config
     optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr)
     step, best = 0, None
     if state:

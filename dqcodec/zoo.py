@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -22,15 +23,25 @@ class ModelError(DQError):
     pass
 
 
-def shipped_models() -> dict[int, Path]:
-    """Quality level -> weights file, for every model in models/."""
+@dataclass(frozen=True)
+class Level:
+    """A quality level: a weights file and the strength of rate-aware code assignment.
+
+    Levels may share weights: the decoder does not depend on the assignment strength."""
+
+    weights: Path
+    rate_weight: float | None  # None: the strength the model was trained with
+
+
+def shipped_models() -> dict[int, Level]:
+    """Quality level -> Level, from models/zoo.json."""
     folder = resources.files(WEIGHTS_PACKAGE)
-    found = {}
-    for entry in folder.iterdir():
-        name = entry.name
-        if name.startswith("dq-q") and name.endswith(".safetensors"):
-            found[int(name[4:-12])] = Path(str(entry))
-    return dict(sorted(found.items()))
+    manifest = folder / "zoo.json"
+    if not manifest.is_file():
+        return {}
+    levels = json.loads(manifest.read_text())["levels"]
+    return {int(q): Level(Path(str(folder / entry["weights"])), entry.get("rate_weight"))
+            for q, entry in sorted(levels.items(), key=lambda kv: int(kv[0]))}
 
 
 def default_quality() -> int:

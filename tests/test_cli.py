@@ -169,3 +169,6 @@ def test_train_and_resume(tmp_path):
     src = tmp_path / "in.png"
     photo(64, 64).save(src)
     assert run("encode", src, "-o", tmp_path / "a.dq", "--model", exported).exit_code == 0
+    r = run("train", "--data", data, "--out", tmp_path / "run2", "--init", exported, "--steps", 1,
+            "--lambda", 0.01)
+    assert r.exit_code == 0 and "initialised from" in r.output and "lambda 0.01" in r.output

@@ -1,0 +1,126 @@
+"""Run the large convolutional transforms tile by tile, so memory stays bounded.
+
+A full-resolution 128-channel float32 activation of a 3840x2160 image is 4 GB; run in
+tiles, the transforms only ever hold one tile's activations plus the stitched output.
+
+Why the seams are (numerically) invisible: both transforms are stacks of stride-2, 5x5
+(transposed) convolutions with GDN/IGDN, which is pointwise in space. Their receptive
+fields are small and bounded:
+
+* synthesis (4 transposed convs, stride 16): an output pixel depends on latents within
+  +-1.875 latent positions of it, so an overlap of >= 2 latents makes each kept tile centre
+  equal to the untiled result up to float rounding;
+* analysis (4 convs, stride 16): a latent depends on pixels within +-30 pixels (the
+  zero-padding of the intermediate layers included), so an overlap of >= 32 pixels does.
+
+Tile origins are multiples of the stride, so every layer sees the same sampling grid as
+the untiled transform (the transforms are shift-equivariant for shifts by the stride).
+The defaults keep twice the needed overlap. What remains is float rounding from different
+convolution sizes (measured ~1e-6, see tests/test_tiling.py).
+
+The tiling depends only on the input's shape, never on its values or the machine, so a
+decoder run twice (or on two machines with the same kernels) tiles identically.
+
+Neither function switches autograd off or on: call them under ``torch.inference_mode()``
+(as ``Codec`` does) to get the memory savings; under grad mode they still work and
+backpropagate through the stitched output.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+from torch import Tensor
+
+__all__ = ["tile_spans", "tiled_synthesis", "tiled_analysis"]
+
+
+def tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """Split [0, length) into near-equal cores of at most `tile`, each widened by `overlap`
+    on both sides (clipped to [0, length)).
+
+    Returns (start, stop, core_start, core_stop) per tile; the cores partition [0, length).
+    Depends only on its arguments.
+    """
+    if tile < 1 or overlap < 0:
+        raise ValueError(f"need tile >= 1 and overlap >= 0 (got tile={tile}, overlap={overlap})")
+    if length <= 0:
+        return []
+    n = -(-length // tile)
+    base, extra = divmod(length, n)  # the first `extra` cores get one more element
+    spans = []
+    core_start = 0
+    for i in range(n):
+        core_stop = core_start + base + (1 if i < extra else 0)
+        spans.append((max(0, core_start - overlap), min(length, core_stop + overlap),
+                      core_start, core_stop))
+        core_start = core_stop
+    return spans
+
+
+def tiled_synthesis(g_s: nn.Module, y: Tensor, stride: int = 16, tile: int = 32,
+                    overlap: int = 4) -> Tensor:
+    """g_s(y) computed on overlapping latent tiles.
+
+    y: (B, C, H, W) at latent resolution; g_s must upsample by exactly `stride`.
+    Tiles have a core of at most `tile` x `tile` latents plus `overlap` latents of context
+    on each side (clipped at the borders); each tile's core, scaled by `stride`, is written
+    into a preallocated (B, C_out, H*stride, W*stride) output. A latent that fits in one
+    tile is passed to g_s whole.
+    """
+    if y.dim() != 4:
+        raise ValueError(f"expected a (B, C, H, W) latent, got shape {tuple(y.shape)}")
+    h, w = y.shape[-2:]
+    rows = tile_spans(h, tile, overlap)
+    cols = tile_spans(w, tile, overlap)
+    if len(rows) <= 1 and len(cols) <= 1:
+        return g_s(y)
+    out = None
+    for r0, r1, cr0, cr1 in rows:
+        for c0, c1, cc0, cc1 in cols:
+            piece = g_s(y[:, :, r0:r1, c0:c1])
+            if piece.shape[-2:] != ((r1 - r0) * stride, (c1 - c0) * stride):
+                raise ValueError(f"g_s maps a {r1 - r0}x{c1 - c0} latent to "
+                                 f"{tuple(piece.shape[-2:])}, not a {stride}x upsampling")
+            if out is None:
+                out = piece.new_empty(piece.shape[0], piece.shape[1], h * stride, w * stride)
+            out[:, :, cr0 * stride:cr1 * stride, cc0 * stride:cc1 * stride] = piece[
+                :, :, (cr0 - r0) * stride:(cr1 - r0) * stride, (cc0 - c0) * stride:(cc1 - c0) * stride]
+            del piece
+    return out
+
+
+def tiled_analysis(g_a: nn.Module, x: Tensor, stride: int = 16, tile: int = 512,
+                   overlap: int = 64) -> Tensor:
+    """g_a(x) computed on overlapping pixel tiles.
+
+    x: (B, 3, H, W) image; g_a must downsample by `stride` (output ceil(H/stride) x
+    ceil(W/stride)). `tile` and `overlap` are in pixels and must be multiples of `stride`,
+    so that tile origins lie on the latent grid. The output is written into a preallocated
+    (B, C_out, ceil(H/stride), ceil(W/stride)) tensor. An image that fits in one tile is
+    passed to g_a whole.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"expected a (B, C, H, W) image, got shape {tuple(x.shape)}")
+    if tile % stride or overlap % stride or tile <= 0:
+        raise ValueError(f"tile ({tile}) and overlap ({overlap}) must be positive multiples "
+                         f"of the stride ({stride})")
+    h, w = x.shape[-2:]
+    lh, lw = -(-h // stride), -(-w // stride)  # latent size
+    rows = tile_spans(lh, tile // stride, overlap // stride)
+    cols = tile_spans(lw, tile // stride, overlap // stride)
+    if len(rows) <= 1 and len(cols) <= 1:
+        return g_a(x)
+    out = None
+    for r0, r1, cr0, cr1 in rows:
+        for c0, c1, cc0, cc1 in cols:
+            # pixel span of the tile; the last one ends at the image border, not on the grid
+            patch = x[:, :, r0 * stride:min(h, r1 * stride), c0 * stride:min(w, c1 * stride)]
+            piece = g_a(patch)
+            if piece.shape[-2:] != (r1 - r0, c1 - c0):
+                raise ValueError(f"g_a maps a {tuple(patch.shape[-2:])} image tile to "
+                                 f"{tuple(piece.shape[-2:])}, not a 1/{stride} downsampling")
+            if out is None:
+                out = piece.new_empty(piece.shape[0], piece.shape[1], lh, lw)
+            out[:, :, cr0:cr1, cc0:cc1] = piece[:, :, cr0 - r0:cr1 - r0, cc0 - c0:cc1 - c0]
+            del piece
+    return out
