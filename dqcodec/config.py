@@ -34,6 +34,7 @@ class ModelConfig:
     top: LevelConfig = LevelConfig(channels=64, groups=32, codebook_size=64, slices=2)
     prior_width: int = 128
     lmbda: float = 0.0067  # rate-distortion trade-off used in training (MSE on 0..255 scale)
+    linear_skip: bool = False  # block-linear paths beside the deep transforms (fast early training)
     rate_weight: float = 0.05  # entropy-constrained assignment: cost = |z-c|^2 + rate_weight * bits
 
     # bottom latent at stride 16, top latent at stride 64

@@ -31,7 +31,8 @@ class DQLatentCodec(LatentCodec):
                                level.slices, prior_width)
 
     def _run_passes(self, cond: Tensor, choose: Chooser, straight_through: Tensor | None = None):
-        """Walk the pass schedule; returns y_hat, indices and the logits each index was coded with."""
+        """Walk the pass schedule; returns y_hat, indices and (when training, i.e. with
+        straight_through) the logits each index was coded with."""
         b, _, h, w = cond.shape
         cond_features = self.prior.condition(cond)
         anchors = checkerboard(h, w, cond.device)
@@ -51,7 +52,8 @@ class DQLatentCodec(LatentCodec):
             y_hat = y_hat.clone()
             y_hat[:, channels] = torch.where(positions, values, y_hat[:, channels])
             indices[:, groups] = torch.where(positions, chosen, indices[:, groups])
-            all_logits.append((groups, positions, logits))
+            if straight_through is not None:
+                all_logits.append((groups, positions, logits))
         return y_hat, indices, all_logits
 
     def _assigner(self, z: Tensor, rate_weight: float | None = None) -> Chooser:

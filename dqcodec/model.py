@@ -12,6 +12,7 @@ from torch import Tensor
 
 from .config import ModelConfig
 from .latent_codec import DQLatentCodec
+from .tiling import tiled_analysis, tiled_synthesis
 
 
 def analysis(width: int) -> nn.Sequential:
@@ -47,21 +48,33 @@ class DQCodec(CompressionModel):
         self.top_s = nn.Sequential(deconv(config.top.channels, n, 3), nn.GELU(), deconv(n, n, 3))
         self.bottom_a = nn.Conv2d(2 * n, config.bottom.channels, 1)
         self.g_s = synthesis(config.bottom.channels + n, n)
+        if config.linear_skip:
+            s = config.bottom_stride
+            self.skip_a = nn.Conv2d(3, n, s, stride=s)
+            self.skip_s = nn.ConvTranspose2d(config.bottom.channels + n, 3, s, stride=s)
         self.top = DQLatentCodec(config.top, 1, config.prior_width, config.rate_weight)
         self.bottom = DQLatentCodec(config.bottom, n, config.prior_width, config.rate_weight)
+
+    def analyse(self, x: Tensor) -> Tensor:
+        h = self.g_a(x)
+        return h + self.skip_a(x) if self.config.linear_skip else h
+
+    def synthesise(self, y: Tensor) -> Tensor:
+        x_hat = self.g_s(y)
+        return x_hat + self.skip_s(y) if self.config.linear_skip else x_hat
 
     @staticmethod
     def _unconditioned(z: Tensor) -> Tensor:
         return z.new_ones(z.shape[0], 1, z.shape[2], z.shape[3])
 
     def forward(self, x: Tensor) -> dict:
-        h = self.g_a(x)
+        h = self.analyse(x)
         t = self.top_a(h)
         top = self.top(t, self._unconditioned(t))
         cond = self.top_s(top["y_hat"])
         z = self.bottom_a(torch.cat([h, cond], 1))
         bottom = self.bottom(z, cond)
-        x_hat = self.g_s(torch.cat([bottom["y_hat"], cond], 1))
+        x_hat = self.synthesise(torch.cat([bottom["y_hat"], cond], 1))
         return {
             "x_hat": x_hat,
             "bits": {"top": top["bits"], "bottom": bottom["bits"]},
@@ -71,7 +84,7 @@ class DQCodec(CompressionModel):
 
     @torch.no_grad()
     def compress(self, x: Tensor, rate_weight: float | None = None) -> dict:
-        h = self.g_a(x)
+        h = tiled_analysis(self.analyse, x, stride=self.config.bottom_stride)
         t = self.top_a(h)
         top = self.top.compress(t, self._unconditioned(t), rate_weight)
         cond = self.top_s(top["y_hat"])
@@ -89,8 +102,9 @@ class DQCodec(CompressionModel):
         top = self.top.decompress(strings[0], ones)
         cond = self.top_s(top["y_hat"])
         bottom = self.bottom.decompress(strings[1], cond)
-        x_hat = self.g_s(torch.cat([bottom["y_hat"], cond], 1))
-        return {"x_hat": x_hat.clamp(0, 1),
+        x_hat = tiled_synthesis(self.synthesise, torch.cat([bottom["y_hat"], cond], 1),
+                                stride=self.config.bottom_stride)
+        return {"x_hat": x_hat.clamp_(0, 1),
                 "indices": {"top": top["indices"], "bottom": bottom["indices"]}}
 
 

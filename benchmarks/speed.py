@@ -1,0 +1,435 @@
+"""Encode/decode speed and peak memory of dqcodec against CompressAI baselines.
+
+Run by hand (not part of the tests), on an otherwise idle machine:
+
+    python benchmarks/speed.py                        # kodim23 (768x512)
+    python benchmarks/speed.py --large --skip-slow    # + a 3840x2160 image, no mbt2018 on it
+    python benchmarks/speed.py --runs 1 --max-side 256 --large   # quick smoke run
+
+For each codec and image it reports the median wall time of `--runs` encodes and decodes
+(after one warm-up of each), measured in this process with torch on `--threads` threads,
+and the peak resident memory of one encode and of one decode, each in a fresh child process
+('spawn'; the peak read in the child after the work; `base` is the child's peak before the
+work, i.e. Python + torch + the model + the input). On Linux the peak is the child's VmHWM
+from /proc/self/status: its `ru_maxrss` (also saved in the JSON) starts at the parent's
+peak, which the kernel carries over fork and exec, so it would report this process's size.
+
+Codecs:
+  dqcodec     `Codec.encode_image` / `Codec.decode` (pixels <-> .dq bytes), with --model FILE,
+              else the shipped default model, else a random-weight `DQCodec()` (said so).
+  hyperprior  CompressAI `bmshj2018_hyperprior(quality=4)`, random weights.
+  mbt2018     CompressAI `mbt2018(quality=4)`, random weights; its autoregressive
+              context model is coded one latent position at a time (minutes on a 4K image:
+              --skip-slow leaves it out on the large image).
+The CompressAI models run `.update(force=True)` then `.compress(x)` / `.decompress(strings,
+shape)` on the image padded to a multiple of 64; their encode/decode times include the same
+PIL <-> tensor conversions as dqcodec's. With random weights their bitstreams (and hence
+entropy-coding times) are not those of trained models; the network cost is the same.
+
+For dqcodec the range coder's share of the time is measured by wrapping
+`IndexEncoder.encode` / `IndexDecoder.decode` (dqcodec.range_coding) with timers; the
+share includes building the probability tables (softmax -> float64 numpy), which is also
+reported on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
+LARGE_SIZE = (3840, 2160)
+CODECS = ("dqcodec", "hyperprior", "mbt2018")
+
+warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit.script in compressai
+
+
+# --------------------------------------------------------------------------- codecs
+
+
+class DQAdapter:
+    name = "dqcodec"
+
+    def __init__(self, model_path: str | None):
+        import torch
+        from dqcodec import codec as dqc
+        from dqcodec import zoo
+        from dqcodec.errors import DQError
+        from dqcodec.model import DQCodec
+
+        if model_path is not None:
+            model, quality = zoo.read_model_file(Path(model_path))
+            self.codec = dqc.Codec(model, quality)
+            self.label = f"model {model_path}"
+        else:
+            try:
+                self.codec = dqc.load_codec()
+                self.label = f"shipped model q{self.codec.quality}"
+            except DQError:
+                torch.manual_seed(0)
+                self.codec = dqc.Codec(DQCodec())
+                self.label = "RANDOM weights (no shipped model)"
+        self.max_pixels = 1 << 40
+
+    def encode(self, image):
+        return self.codec.encode_image(image).data
+
+    def decode(self, data):
+        return self.codec.decode(data, max_pixels=self.max_pixels)
+
+    @staticmethod
+    def size(payload) -> int:
+        return len(payload)
+
+
+class CompressAIAdapter:
+    def __init__(self, name: str, quality: int = 4):
+        import torch
+        from compressai.zoo import bmshj2018_hyperprior, mbt2018
+
+        build = {"hyperprior": bmshj2018_hyperprior, "mbt2018": mbt2018}[name]
+        self.name = name
+        torch.manual_seed(0)  # the same random weights in every process
+        self.net = build(quality=quality, pretrained=False).eval()
+        self.net.update(force=True)
+        self.label = f"{build.__name__}(quality={quality}), RANDOM weights"
+
+    def encode(self, image):
+        import torch
+        from dqcodec.image_io import to_tensor
+        from dqcodec.model import pad_to_stride
+
+        with torch.inference_mode():
+            x = pad_to_stride(to_tensor(image.convert("RGB")), 64)
+            out = self.net.compress(x)
+        return out["strings"], tuple(out["shape"]), (image.height, image.width)
+
+    def decode(self, payload):
+        import torch
+        from dqcodec.image_io import to_image
+
+        strings, shape, (h, w) = payload
+        with torch.inference_mode():
+            x_hat = self.net.decompress(strings, shape)["x_hat"]
+            return to_image(x_hat[..., :h, :w])
+
+    @staticmethod
+    def size(payload) -> int:
+        def total(s):
+            return len(s) if isinstance(s, (bytes, bytearray)) else sum(total(t) for t in s)
+        return total(payload[0])
+
+
+def make_codec(name: str, model_path: str | None):
+    return DQAdapter(model_path) if name == "dqcodec" else CompressAIAdapter(name)
+
+
+# --------------------------------------------------------------------------- memory child
+
+
+def _maxrss_mb() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1 << 20) if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB else
+
+
+def _peak_mb() -> float:
+    """This process's peak RSS. On Linux `ru_maxrss` of a spawned child starts at its parent's
+    peak (the kernel carries the high-water mark across fork and exec), so read the child's
+    own address space's high-water mark, VmHWM, there instead."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return _maxrss_mb()
+
+
+def _child(queue, what: str, name: str, model_path: str | None, threads: int, arg) -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+        codec = make_codec(name, model_path)
+        base = _peak_mb()
+        t0 = time.perf_counter()
+        result = codec.encode(arg) if what == "encode" else codec.decode(arg)
+        seconds = time.perf_counter() - t0
+        peak = _peak_mb()
+        del result
+        queue.put({"ok": True, "peak_mb": peak, "base_mb": base, "seconds": seconds,
+                   "ru_maxrss_mb": _maxrss_mb()})
+    except BaseException as exc:  # report, don't hang the parent
+        queue.put({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+
+
+def peak_memory(what: str, name: str, model_path: str | None, threads: int, arg) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue, what, name, model_path, threads, arg))
+    proc.start()
+    try:
+        result = queue.get()
+    finally:
+        proc.join()
+    if not result["ok"]:
+        print(f"  ! {name} {what} child failed: {result['error']}", file=sys.stderr)
+    elif proc.exitcode:
+        result = {"ok": False, "error": f"child exit code {proc.exitcode}"}
+    return result
+
+
+# --------------------------------------------------------------------------- range-coder timers
+
+
+class CoderTimers:
+    """Wraps IndexEncoder.encode / IndexDecoder.decode / probability_table with timers."""
+
+    def __init__(self):
+        from dqcodec import range_coding as rc
+
+        self.rc = rc
+        self.totals = {"encode": 0.0, "decode": 0.0, "probability_table": 0.0}
+        self.saved = (rc.IndexEncoder.encode, rc.IndexDecoder.decode, rc.probability_table)
+
+    def _wrap(self, fn, key):
+        totals = self.totals
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                totals[key] += time.perf_counter() - t0
+
+        return timed
+
+    def __enter__(self):
+        enc, dec, table = self.saved
+        self.rc.IndexEncoder.encode = self._wrap(enc, "encode")
+        self.rc.IndexDecoder.decode = self._wrap(dec, "decode")
+        self.rc.probability_table = self._wrap(table, "probability_table")  # global in encode/decode
+        return self
+
+    def __exit__(self, *exc):
+        self.rc.IndexEncoder.encode, self.rc.IndexDecoder.decode, self.rc.probability_table = self.saved
+
+    def reset(self):
+        for key in self.totals:
+            self.totals[key] = 0.0
+
+
+# --------------------------------------------------------------------------- images
+
+
+def center_crop(image, max_side: int | None):
+    if not max_side or (image.width <= max_side and image.height <= max_side):
+        return image
+    w, h = min(image.width, max_side), min(image.height, max_side)
+    left, top = (image.width - w) // 2, (image.height - h) // 2
+    return image.crop((left, top, left + w, top + h))
+
+
+def load_images(args) -> list[tuple[str, object]]:
+    from PIL import Image, ImageOps
+
+    def read(path: Path):
+        with Image.open(path) as im:
+            im.load()
+            return ImageOps.exif_transpose(im).convert("RGB")
+
+    path = Path(args.image) if args.image else Path(args.kodak_dir) / args.kodak_image
+    if not path.is_file():
+        sys.exit(f"no such image: {path} (pass --image or --kodak-dir)")
+    images = [(path.name, read(path))]
+    if args.large:
+        if args.large_source:
+            source = Path(args.large_source)
+        else:
+            photos = sorted(p for p in Path(args.train_dir).iterdir() if p.suffix.lower() in SUFFIXES)
+            if not photos:
+                sys.exit(f"no photo in {args.train_dir} to build the large image from")
+            source = photos[0]
+        large = ImageOps.fit(read(source), LARGE_SIZE, method=Image.Resampling.LANCZOS)
+        images.append((f"{source.stem}@{LARGE_SIZE[0]}x{LARGE_SIZE[1]}", large))
+    return [(f"{name}[crop{args.max_side}]" if args.max_side else name, center_crop(im, args.max_side))
+            for name, im in images]
+
+
+# --------------------------------------------------------------------------- main
+
+
+def time_codec(codec, image, runs: int, timers: CoderTimers | None) -> dict:
+    payload = codec.encode(image)  # warm-up
+    decoded = codec.decode(payload)
+    if decoded.size != image.size:
+        raise RuntimeError(f"{codec.name}: decoded size {decoded.size} != {image.size}")
+    enc, dec, coder_enc, coder_dec, tables_enc, tables_dec = [], [], [], [], [], []
+    for _ in range(runs):
+        if timers:
+            timers.reset()
+        t0 = time.perf_counter()
+        payload = codec.encode(image)
+        enc.append(time.perf_counter() - t0)
+        if timers:
+            coder_enc.append(timers.totals["encode"])
+            tables_enc.append(timers.totals["probability_table"])
+            timers.reset()
+        t0 = time.perf_counter()
+        codec.decode(payload)
+        dec.append(time.perf_counter() - t0)
+        if timers:
+            coder_dec.append(timers.totals["decode"])
+            tables_dec.append(timers.totals["probability_table"])
+    out = {"encode_s": statistics.median(enc), "decode_s": statistics.median(dec),
+           "encode_runs_s": enc, "decode_runs_s": dec,
+           "bpp": codec.size(payload) * 8 / (image.width * image.height), "payload": payload}
+    if timers:
+        out["range_coder"] = {
+            "encode_share": sum(coder_enc) / sum(enc), "decode_share": sum(coder_dec) / sum(dec),
+            "encode_s": statistics.median(coder_enc), "decode_s": statistics.median(coder_dec),
+            "probability_table_encode_s": statistics.median(tables_enc),
+            "probability_table_decode_s": statistics.median(tables_dec),
+        }
+    return out
+
+
+def fmt(value, spec=".3f"):
+    return "n/a" if value is None else format(value, spec)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image", help="image to code (default: --kodak-image from --kodak-dir)")
+    parser.add_argument("--kodak-dir", default=str(REPO.parent / "shared" / "data" / "kodak"))
+    parser.add_argument("--kodak-image", default="kodim23.png")
+    parser.add_argument("--large", action="store_true",
+                        help=f"also a {LARGE_SIZE[0]}x{LARGE_SIZE[1]} image upscaled (LANCZOS) from a photo")
+    parser.add_argument("--train-dir", default=str(REPO.parent / "shared" / "data" / "train"),
+                        help="where the large image's source photo comes from (first by name)")
+    parser.add_argument("--large-source", help="the photo to upscale for --large")
+    parser.add_argument("--max-side", type=int, help="center-crop every image to at most this side")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs (median), after one warm-up")
+    parser.add_argument("--model", help="dqcodec model file (default: the shipped default model)")
+    parser.add_argument("--codecs", default=",".join(CODECS), help="comma-separated subset of "
+                        + ", ".join(CODECS))
+    parser.add_argument("--skip-slow", action="store_true", help="skip mbt2018 on the large image")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--json", help="save the results to this file")
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be >= 1")
+    names = [n.strip() for n in args.codecs.split(",") if n.strip()]
+    if unknown := set(names) - set(CODECS):
+        parser.error(f"unknown codec(s): {', '.join(sorted(unknown))}")
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    images = load_images(args)
+    large_names = {images[-1][0]} if args.large else set()
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"{platform.processor() or platform.machine()}; {args.runs} timed run(s) after a warm-up")
+    codecs = {}
+    for name in names:
+        codecs[name] = make_codec(name, args.model)
+        print(f"  {name}: {codecs[name].label}")
+
+    rows = []
+    for image_name, image in images:
+        for name in names:
+            if name == "mbt2018" and args.skip_slow and image_name in large_names:
+                print(f"{name} on {image_name}: skipped (--skip-slow)")
+                continue
+            print(f"{name} on {image_name} ({image.width}x{image.height}) ...", flush=True)
+            timers = CoderTimers() if name == "dqcodec" else None
+            if timers:
+                with timers:
+                    row = time_codec(codecs[name], image, args.runs, timers)
+            else:
+                row = time_codec(codecs[name], image, args.runs, None)
+            payload = row.pop("payload")
+            if not args.no_memory:
+                row["memory_encode"] = peak_memory("encode", name, args.model, args.threads, image)
+                row["memory_decode"] = peak_memory("decode", name, args.model, args.threads, payload)
+            row.update(codec=name, image=image_name, width=image.width, height=image.height)
+            rows.append(row)
+
+    def mem(row, what, key="peak_mb"):
+        m = row.get(f"memory_{what}")
+        return m[key] if m and m.get("ok") else None
+
+    print()
+    header = (f"{'codec':<11} {'image':<34} {'bpp':>6} {'encode s':>9} {'decode s':>9} "
+              f"{'peak MB enc':>11} {'peak MB dec':>11} {'base MB':>8}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['codec']:<11} {r['image'][:34]:<34} {r['bpp']:>6.3f} {r['encode_s']:>9.3f} "
+              f"{r['decode_s']:>9.3f} {fmt(mem(r, 'encode'), '.0f'):>11} "
+              f"{fmt(mem(r, 'decode'), '.0f'):>11} {fmt(mem(r, 'decode', 'base_mb'), '.0f'):>8}")
+
+    ratios = []
+    by_key = {(r["codec"], r["image"]): r for r in rows}
+    for image_name, _ in images:
+        dq = by_key.get(("dqcodec", image_name))
+        if dq is None:
+            continue
+        for other in ("hyperprior", "mbt2018"):
+            o = by_key.get((other, image_name))
+
+            def ratio(a, b):
+                return a / b if a is not None and b else None
+
+            ratios.append({
+                "image": image_name, "versus": other,
+                "encode": ratio(dq["encode_s"], o and o["encode_s"]),
+                "decode": ratio(dq["decode_s"], o and o["decode_s"]),
+                "peak_encode": ratio(mem(dq, "encode"), o and mem(o, "encode")),
+                "peak_decode": ratio(mem(dq, "decode"), o and mem(o, "decode")),
+            })
+    if ratios:
+        print(f"\n{'ratio':<22} {'image':<34} {'encode':>7} {'decode':>7} {'peak enc':>9} {'peak dec':>9}")
+        for q in ratios:
+            print(f"{'dqcodec/' + q['versus']:<22} {q['image'][:34]:<34} {fmt(q['encode'], '.2f'):>7} "
+                  f"{fmt(q['decode'], '.2f'):>7} {fmt(q['peak_encode'], '.2f'):>9} "
+                  f"{fmt(q['peak_decode'], '.2f'):>9}")
+
+    for r in rows:
+        if "range_coder" in r:
+            c = r["range_coder"]
+            print(f"\ndqcodec range coder on {r['image']}: encode {c['encode_share']:.1%} of the time "
+                  f"({c['encode_s']:.3f} s, of which probability tables {c['probability_table_encode_s']:.3f} s), "
+                  f"decode {c['decode_share']:.1%} ({c['decode_s']:.3f} s, tables "
+                  f"{c['probability_table_decode_s']:.3f} s); networks and the rest: "
+                  f"{1 - c['encode_share']:.1%} / {1 - c['decode_share']:.1%}")
+        if r["codec"] == "dqcodec" and (r["width"], r["height"]) == LARGE_SIZE:
+            peak = mem(r, "decode")
+            if peak is not None:
+                print(f"4K decode peak RSS {peak:.0f} MB: {'within' if peak < 2048 else 'OVER'} the 2048 MB target")
+
+    if args.json:
+        result = {"args": vars(args), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                  "cpus": os.cpu_count(), "platform": platform.platform(),
+                  "codecs": {n: c.label for n, c in codecs.items()}, "rows": rows, "ratios": ratios}
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"\nsaved {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
