@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -62,38 +61,48 @@ class Codec:
     def decode(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
         dq = DQFile.from_bytes(data)
         self.check_compatible(dq)
-        if dq.width * dq.height > max_pixels:
-            raise DQError(f"image is {dq.width}x{dq.height}, over the limit of {max_pixels} "
-                          "pixels (raise it with --max-pixels)")
         shape = (-(-dq.height // self.stride), -(-dq.width // self.stride))
+        padded = shape[0] * shape[1] * self.stride**2  # what the model really decodes
+        if padded > max_pixels:
+            raise DQError(f"image is {dq.width}x{dq.height} ({padded} pixels once padded), over "
+                          f"the limit of {max_pixels} pixels (raise it with --max-pixels)")
+        alpha = alpha_plane(dq)
         try:
             out = self.model.decompress([dq.top, dq.bottom], shape)
         except (ValueError, RuntimeError) as exc:
-            raise DQError(f"corrupt .dq payload ({exc})") from None
+            raise DQError(f"cannot decode the .dq payload ({exc})") from None
         if index_checksum(out["indices"]["top"], out["indices"]["bottom"]) != dq.index_crc:
             raise DQError("decoding went out of sync with the encoder (index checksum mismatch)")
         rgb = to_image(out["x_hat"][..., : dq.height, : dq.width])
-        return self._restore_mode(rgb, dq)
+        image = rgb.convert("L") if dq.mode in ("L", "LA") else rgb
+        if alpha is not None:
+            image = image.convert("RGBA" if dq.mode == "RGBA" else "LA")
+            image.putalpha(alpha)
+        return image
 
     def check_compatible(self, dq: DQFile) -> None:
         if dq.model_id != self.model_id:
             raise DQError(f"file was encoded with model {dq.model_id.hex()} (quality {dq.quality}), "
                           f"not with this one ({self.model_id.hex()}); pass the matching --model")
 
-    @staticmethod
-    def _restore_mode(rgb: Image.Image, dq: DQFile) -> Image.Image:
-        image = rgb.convert("L") if dq.mode in ("L", "LA") else rgb
-        if dq.mode in ("RGBA", "LA"):
-            try:
-                plane = zlib.decompress(dq.alpha)
-            except zlib.error:
-                raise DQError("corrupt alpha plane in .dq file") from None
-            if len(plane) != dq.width * dq.height:
-                raise DQError("corrupt alpha plane in .dq file (wrong size)")
-            alpha = Image.frombytes("L", (dq.width, dq.height), plane)
-            image = image.convert("RGBA" if dq.mode == "RGBA" else "LA")
-            image.putalpha(alpha)
-        return image
+
+def alpha_plane(dq: DQFile) -> Image.Image | None:
+    """The lossless alpha plane, inflated no further than the image can hold (zlib bombs)."""
+    if dq.mode not in ("RGBA", "LA"):
+        return None
+    size = dq.width * dq.height
+    inflater = zlib.decompressobj()
+    try:
+        plane = inflater.decompress(dq.alpha, size + 1)
+    except zlib.error:
+        raise DQError("corrupt alpha plane in .dq file") from None
+    if len(plane) > size:
+        raise DQError("corrupt alpha plane in .dq file (wrong size)")
+    if not inflater.eof or inflater.unused_data:
+        raise DQError("corrupt alpha plane in .dq file")
+    if len(plane) != size:
+        raise DQError("corrupt alpha plane in .dq file (wrong size)")
+    return Image.frombytes("L", (dq.width, dq.height), plane)
 
 
 @lru_cache(maxsize=8)

@@ -71,8 +71,15 @@ class DepthwiseQuantizer(nn.Module):
         return self.merge(codes[g, indices])
 
     def straight_through(self, z: Tensor, indices: Tensor, groups: slice) -> Tensor:
-        """Code values forward; gradients reach both the encoder and the codebook."""
-        return self.lookup(indices, groups) + z - z.detach()
+        """Code values forward; gradients reach both the encoder and the codebook.
+
+        Outside the codebook's bounding box the encoder gets no decoder gradient: the
+        straight-through estimate would otherwise push latents away without limit."""
+        codes = self.codebooks[groups].detach()
+        low = self.merge(codes.amin(1)[None, :, None, None, :])
+        high = self.merge(codes.amax(1)[None, :, None, None, :])
+        inside = torch.maximum(torch.minimum(z, high), low)
+        return self.lookup(indices, groups) + inside - inside.detach()
 
     @torch.no_grad()
     def track_usage(self, indices: Tensor, groups: slice, decay: float = 0.99) -> None:

@@ -44,7 +44,7 @@ class TrainOptions:
     val_count: int = 16
     val_every: int = 500
     checkpoint_every: int = 250
-    commitment: float = 0.05
+    commitment: float = 0.5
     rate_weight_ramp: float = 0.3  # share of the steps over which rate-aware assignment fades in
     seed: int = 0
     config: ModelConfig = field(default_factory=ModelConfig)
@@ -178,7 +178,8 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
     step, best = 0, None
     if state:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
         step, best = state["step"], state["best_val"]
         log(f"resumed from {ckpt_path} at step {step}")
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model

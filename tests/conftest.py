@@ -1,29 +1,7 @@
-import os
-
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
-from dqcodec.config import LevelConfig, ModelConfig
-from dqcodec.model import DQCodec
+from dqcodec.testing import photo, tiny_model  # noqa: F401  (tests import them from here)
 from dqcodec.zoo import save_model
-
-TINY = ModelConfig(
-    width=16,
-    bottom=LevelConfig(channels=8, groups=4, codebook_size=16, slices=2),
-    top=LevelConfig(channels=4, groups=2, codebook_size=16, slices=1),
-    prior_width=16,
-)
-
-
-def tiny_model(seed: int = 0) -> DQCodec:
-    torch.manual_seed(seed)
-    model = DQCodec(TINY)
-    with torch.no_grad():  # spread latents over several codes so the prior has work to do
-        model.bottom_a.weight.mul_(20)
-        model.top_a[-1].weight.mul_(20)
-    return model.eval()
 
 
 @pytest.fixture(scope="session")
@@ -40,16 +18,6 @@ def other_model_file(tmp_path_factory):
     return path
 
 
-def photo(width: int, height: int, seed: int = 0) -> Image.Image:
-    """A smooth, photo-like test image (gradients plus texture)."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
-    base = np.stack([x / max(width, 1), y / max(height, 1), (x + y) / max(width + height, 1)], -1)
-    texture = rng.normal(0, 0.05, (height, width, 3))
-    array = np.clip((0.2 + 0.6 * base + texture) * 255, 0, 255).astype(np.uint8)
-    return Image.fromarray(array, "RGB")
-
-
 @pytest.fixture
 def image_dir(tmp_path):
     folder = tmp_path / "images"
@@ -59,7 +27,17 @@ def image_dir(tmp_path):
     return folder
 
 
+@pytest.fixture
+def training_photos(tmp_path):
+    """A folder of six 200x200 photos: enough for every crop size and a validation split."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(6):
+        photo(200, 200, i).save(folder / f"{i}.png")
+    return folder
+
+
 @pytest.fixture(autouse=True)
-def _quiet_threads(monkeypatch):
-    monkeypatch.setenv("DQCODEC_DEBUG", "")
-    yield
+def _user_facing_errors(monkeypatch):
+    """The CLI turns errors into one line unless DQCODEC_DEBUG is set; test what users see."""
+    monkeypatch.delenv("DQCODEC_DEBUG", raising=False)

@@ -152,11 +152,8 @@ def test_output_equal_to_input_is_refused(tmp_path, model_file):
     assert src.read_bytes() == before
 
 
-def test_train_and_resume(tmp_path):
-    data = tmp_path / "photos"
-    data.mkdir()
-    for i in range(5):
-        photo(200, 200, i).save(data / f"{i}.png")
+def test_train_and_resume(tmp_path, training_photos):
+    data = training_photos
     out = tmp_path / "run"
     args = ["train", "--data", data, "--out", out, "--width", 8, "--groups", 4, "--codebook-size", 4]
     r = run(*args, "--steps", 2)

@@ -1,18 +1,12 @@
 import shutil
 import subprocess
-import sys
 
 import pytest
 
-from conftest import photo
-
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not installed")
-def test_two_process_training_with_gloo(tmp_path):
-    data = tmp_path / "photos"
-    data.mkdir()
-    for i in range(6):
-        photo(200, 200, i).save(data / f"{i}.png")
+def test_two_process_training_with_gloo(tmp_path, training_photos):
+    data = training_photos
     out = tmp_path / "run"
     cmd = ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "dqcodec.cli", "train",
            "--data", str(data), "--out", str(out), "--steps", "3", "--width", "8", "--groups", "4",
