@@ -208,7 +208,7 @@ def forge_streams(codec: Codec, width: int, height: int, bottom: bool = True) ->
     def run(level, cond):
         encoder = IndexEncoder()
 
-        def choose(p, groups, logits, positions):
+        def choose(p, groups, logits, positions, rows):
             chosen = logits.argmax(-1)
             encoder.encode(chosen[:, :, positions], logits[:, :, positions])
             return chosen

@@ -17,8 +17,12 @@ from .prior import CodePrior, Pass, checkerboard, code_bits, pass_schedule
 from .quantizer import DepthwiseQuantizer
 from .range_coding import IndexDecoder, IndexEncoder
 
-# chooser(pass, group slice, logits (B,G_s,H,W,K), positions (H,W) bool) -> indices (B,G_s,H,W)
-Chooser = Callable[[Pass, slice, Tensor, Tensor], Tensor]
+# chooser(pass, group slice, logits (B,G_s,h,W,K), positions (h,W) bool, rows) -> indices (B,G_s,h,W)
+Chooser = Callable[[Pass, slice, Tensor, Tensor, slice], Tensor]
+
+# Logits are built a block of rows at a time so large images need bounded memory; the
+# blocks depend only on the latent's shape, so encoder and decoder cut them alike.
+LOGIT_BUDGET = 1 << 22  # elements of the (rows, K, d) intermediate per block
 
 
 class DQLatentCodec(LatentCodec):
@@ -30,6 +34,11 @@ class DQLatentCodec(LatentCodec):
         self.prior = CodePrior(cond_channels, level.channels, level.groups, level.codebook_size,
                                level.slices, prior_width)
 
+    def _row_blocks(self, batch: int, height: int, width: int) -> list[slice]:
+        per_row = batch * self.prior.groups_per_slice * width * self.level.codebook_size * self.quantizer.dim
+        rows = max(1, LOGIT_BUDGET // per_row)
+        return [slice(r, min(r + rows, height)) for r in range(0, height, rows)]
+
     def _run_passes(self, cond: Tensor, choose: Chooser, straight_through: Tensor | None = None):
         """Walk the pass schedule; returns y_hat, indices and (when training, i.e. with
         straight_through) the logits each index was coded with."""
@@ -38,13 +47,20 @@ class DQLatentCodec(LatentCodec):
         anchors = checkerboard(h, w, cond.device)
         y_hat = cond.new_zeros(b, self.level.channels, h, w)
         indices = torch.zeros(b, self.level.groups, h, w, dtype=torch.long, device=cond.device)
+        blocks = self._row_blocks(b, h, w)
         all_logits = []
         for p in pass_schedule(self.level.slices):
-            groups = self.prior.group_slice(p.slice_index)
-            channels = self.prior.channel_slice(p.slice_index)
-            logits = self.prior.logits(p.slice_index, cond_features, y_hat, self.quantizer.codebooks)
+            s = p.slice_index
+            groups, channels = self.prior.group_slice(s), self.prior.channel_slice(s)
+            mean, log_scale = self.prior.params(s, cond_features, y_hat)
             positions = anchors if p.anchors else ~anchors
-            chosen = choose(p, groups, logits, positions)
+            chosen = torch.zeros_like(indices[:, groups])
+            for rows in blocks:
+                logits = self.prior.code_logits(s, mean[:, :, rows], log_scale[:, :, rows],
+                                                self.quantizer.codebooks)
+                chosen[:, :, rows] = choose(p, groups, logits, positions[rows], rows)
+                if straight_through is not None:
+                    all_logits.append((groups, rows, positions[rows], logits))
             if straight_through is not None:
                 values = self.quantizer.straight_through(straight_through[:, channels], chosen, groups)
             else:
@@ -52,15 +68,13 @@ class DQLatentCodec(LatentCodec):
             y_hat = y_hat.clone()
             y_hat[:, channels] = torch.where(positions, values, y_hat[:, channels])
             indices[:, groups] = torch.where(positions, chosen, indices[:, groups])
-            if straight_through is not None:
-                all_logits.append((groups, positions, logits))
         return y_hat, indices, all_logits
 
     def _assigner(self, z: Tensor, rate_weight: float | None = None) -> Chooser:
         weight = self.rate_weight if rate_weight is None else rate_weight
 
-        def choose(p: Pass, groups: slice, logits: Tensor, positions: Tensor) -> Tensor:
-            zs = z[:, self.prior.channel_slice(p.slice_index)]
+        def choose(p: Pass, groups: slice, logits: Tensor, positions: Tensor, rows: slice) -> Tensor:
+            zs = z[:, self.prior.channel_slice(p.slice_index), rows]
             bits = -torch.log_softmax(logits.detach(), -1) / torch.log(torch.tensor(2.0))
             return self.quantizer.assign(zs.detach(), groups, bits, weight)
 
@@ -69,8 +83,8 @@ class DQLatentCodec(LatentCodec):
     def forward(self, z: Tensor, cond: Tensor) -> dict:
         y_hat, indices, all_logits = self._run_passes(cond, self._assigner(z), straight_through=z)
         bits = z.new_zeros(())
-        for groups, positions, logits in all_logits:
-            per_index = code_bits(logits, indices[:, groups])
+        for groups, rows, positions, logits in all_logits:
+            per_index = code_bits(logits, indices[:, groups, rows])
             bits = bits + (per_index * positions).sum()
         for g in range(0, self.level.groups, self.prior.groups_per_slice):
             sl = slice(g, g + self.prior.groups_per_slice)
@@ -85,8 +99,8 @@ class DQLatentCodec(LatentCodec):
         encoder = IndexEncoder()
         assign = self._assigner(z, rate_weight)
 
-        def choose(p: Pass, groups: slice, logits: Tensor, positions: Tensor) -> Tensor:
-            chosen = assign(p, groups, logits, positions)
+        def choose(p: Pass, groups: slice, logits: Tensor, positions: Tensor, rows: slice) -> Tensor:
+            chosen = assign(p, groups, logits, positions, rows)
             encoder.encode(chosen[:, :, positions], logits[:, :, positions])
             return chosen
 
@@ -98,7 +112,7 @@ class DQLatentCodec(LatentCodec):
     def decompress(self, string: bytes, cond: Tensor) -> dict:
         decoder = IndexDecoder(string)
 
-        def choose(p: Pass, groups: slice, logits: Tensor, positions: Tensor) -> Tensor:
+        def choose(p: Pass, groups: slice, logits: Tensor, positions: Tensor, rows: slice) -> Tensor:
             chosen = torch.zeros(logits.shape[:-1], dtype=torch.long)
             chosen[:, :, positions] = decoder.decode(logits[:, :, positions])
             return chosen

@@ -89,14 +89,17 @@ class CodePrior(nn.Module):
     def channel_slice(self, s: int) -> slice:
         return slice(s * self.slice_channels, (s + 1) * self.slice_channels)
 
-    def logits(self, s: int, cond_features: Tensor, y_hat: Tensor, codebooks: Tensor) -> Tensor:
-        """Logits (B, G_s, H, W, K) for slice s given everything decoded so far in y_hat."""
+    def params(self, s: int, cond_features: Tensor, y_hat: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and log-scale (B, G_s, H, W, d) for slice s given everything decoded so far."""
         previous = y_hat[:, : s * self.slice_channels] if s else None
         current = y_hat[:, self.channel_slice(s)]
         params = self.contexts[s](self.cond_proj[s](cond_features), previous, current)
         b, _, h, w = params.shape
         params = params.reshape(b, self.groups_per_slice, 2, self.dim, h, w).permute(0, 1, 4, 5, 2, 3)
-        mean, log_scale = params[..., 0, :], params[..., 1, :].clamp(-4.0, 4.0)
+        return params[..., 0, :], params[..., 1, :].clamp(-4.0, 4.0)
+
+    def code_logits(self, s: int, mean: Tensor, log_scale: Tensor, codebooks: Tensor) -> Tensor:
+        """Logits (B, G_s, h, w, K) over each group's codes, for any block of rows."""
         codes = codebooks[self.group_slice(s)][None, :, None, None]  # (1, G_s, 1, 1, K, d)
         z = (codes - mean.unsqueeze(-2)) * torch.exp(-log_scale).unsqueeze(-2)
         return self.code_bias[self.group_slice(s)][None, :, None, None] - 0.5 * z.pow(2).sum(-1)
