@@ -791,8 +791,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model:
         from dqcodec.zoo import read_model_file
 
-        model, quality = read_model_file(args.model)
-        codec = Codec(model, quality)
+        codec = Codec(read_model_file(args.model))
     else:
         codec = Codec(tiny_model(0))
     samples = build_samples(codec)

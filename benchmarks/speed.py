@@ -68,8 +68,7 @@ class DQAdapter:
         from dqcodec.model import DQCodec
 
         if model_path is not None:
-            model, quality = zoo.read_model_file(Path(model_path))
-            self.codec = dqc.Codec(model, quality)
+            self.codec = dqc.Codec(zoo.read_model_file(Path(model_path)))
             self.label = f"model {model_path}"
         else:
             try:

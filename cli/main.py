@@ -281,15 +281,14 @@ def train(data, out, steps, lr, lmbda, groups, codebook_size, width, init, resum
 @main.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
-@click.option("-q", "--quality", type=int, default=0, help="Quality level to record in the model.")
 @click.option("-f", "--force", is_flag=True)
 @user_errors
-def export(checkpoint, output, quality, force):
+def export(checkpoint, output, force):
     """Turn a training checkpoint into a shippable fp16 safetensors model."""
     from dqcodec.training import model_from_checkpoint
     from dqcodec.zoo import save_model
 
     check_output(checkpoint, output, force)
     model = model_from_checkpoint(checkpoint)
-    write_atomic(output, lambda tmp: save_model(model, tmp, quality))
+    write_atomic(output, lambda tmp: save_model(model, tmp))
     click.echo(f"{checkpoint} -> {output}")

@@ -108,14 +108,12 @@ def alpha_plane(dq: DQFile) -> Image.Image | None:
 @lru_cache(maxsize=8)
 def _load(quality: int | None, path: str | None) -> Codec:
     if path is not None:
-        model, q = zoo.read_model_file(Path(path))
-        return Codec(model, q)
+        return Codec(zoo.read_model_file(Path(path)))
     levels = zoo.shipped_models()
     q = zoo.default_quality() if quality is None else quality
     if q not in levels:
         raise DQError(f"no model for quality {q} (available: {', '.join(map(str, levels)) or 'none'})")
-    model, _ = _read_weights(levels[q].weights)
-    return Codec(model, q, levels[q].rate_weight)
+    return Codec(_read_weights(levels[q].weights), q, levels[q].rate_weight)
 
 
 @lru_cache(maxsize=4)
@@ -129,11 +127,11 @@ def load_codec(quality: int | None = None, path: str | Path | None = None) -> Co
 
 
 def codec_for_file(data: bytes, path: str | Path | None = None) -> Codec:
-    """The codec that can decode `data`: the given model, else the shipped one named in it."""
+    """The codec that can decode `data`: the given model, else the shipped one it names."""
     if path is not None:
         return load_codec(path=path)
     dq = DQFile.from_bytes(data)
-    if dq.quality == 0 or dq.quality not in zoo.shipped_models():
-        raise DQError(f"file was encoded with a model that is not shipped (id {dq.model_id.hex()}); "
-                      "pass it with --model")
-    return load_codec(dq.quality)
+    if dq.quality in zoo.shipped_models():
+        return load_codec(dq.quality)
+    raise DQError(f"file was encoded with a model that is not shipped (id {dq.model_id.hex()}); "
+                  "pass it with --model")

@@ -166,7 +166,7 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
     elif opts.init is not None:
         from .zoo import read_model_file
 
-        model, _ = read_model_file(opts.init)
+        model = read_model_file(opts.init)
         model.train()
         if opts.init_lmbda is not None:
             model.config = dataclasses.replace(model.config, lmbda=opts.init_lmbda)

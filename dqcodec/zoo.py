@@ -59,15 +59,15 @@ def model_id(model: DQCodec) -> bytes:
     return digest.digest()[:8]
 
 
-def save_model(model: DQCodec, path: Path, quality: int = 0, half: bool = True) -> None:
+def save_model(model: DQCodec, path: Path, half: bool = True) -> None:
     """Weights only (fp16 by default; they are cast back to fp32 on load)."""
     state = {k: (v.half() if half and v.is_floating_point() else v).contiguous()
              for k, v in model.state_dict().items()}
-    meta = {"format": "dqcodec", "config": model.config.to_json(), "quality": str(quality)}
+    meta = {"format": "dqcodec", "config": model.config.to_json()}
     save_file(state, str(path), metadata=meta)
 
 
-def read_model_file(path: Path) -> tuple[DQCodec, int]:
+def read_model_file(path: Path) -> DQCodec:
     """Load a safetensors model file; anything else (a pickle, say) is refused unread."""
     path = Path(path)
     if not path.is_file():
@@ -86,4 +86,4 @@ def read_model_file(path: Path) -> tuple[DQCodec, int]:
     except (RuntimeError, TypeError, ValueError, json.JSONDecodeError) as exc:
         raise ModelError(f"{path}: weights do not match their config ({exc})") from None
     model.eval()
-    return model, int(meta.get("quality", 0))
+    return model

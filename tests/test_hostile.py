@@ -46,8 +46,7 @@ FAST_KINDS = [k for k in fz.MUTATIONS if k not in ("alpha", "skinny-size", "forg
 
 @pytest.fixture(scope="module")
 def codec(model_file):
-    model, quality = read_model_file(model_file)
-    return Codec(model, quality)
+    return Codec(read_model_file(model_file))
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +206,7 @@ def test_wrong_version(codec, sample):
 
 
 def test_wrong_model(codec, sample, other_model_file):
-    other, _ = read_model_file(other_model_file)
+    other = read_model_file(other_model_file)
     with pytest.raises(DQError, match=f"encoded with model {codec.model_id.hex()}.*pass the matching --model"):
         Codec(other).decode(sample.data)
     with pytest.raises(DQError, match="encoded with model 0000000000000000"):
