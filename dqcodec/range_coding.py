@@ -8,6 +8,9 @@ import torch
 from torch import Tensor
 
 _MODEL = constriction.stream.model.Categorical(perfect=False)
+# constriction's range coder quantizes probabilities to 24 bits and gives every symbol at
+# least one quantum, so no symbol costs more than 24 bits
+_MIN_PROBABILITY = 2.0**-24
 
 
 def probability_table(logits: Tensor) -> np.ndarray:
@@ -28,7 +31,7 @@ class IndexEncoder:
             return
         self._coder.encode(symbols, _MODEL, probs)
         chosen = probs[np.arange(symbols.size), symbols] / probs.sum(1)
-        self.information_bits += float(-np.log2(chosen).sum())
+        self.information_bits += float(-np.log2(np.maximum(chosen, _MIN_PROBABILITY)).sum())
 
     def finish(self) -> bytes:
         return self._coder.get_compressed().astype("<u4").tobytes()
