@@ -169,3 +169,49 @@ def test_train_and_resume(tmp_path, training_photos):
     r = run("train", "--data", data, "--out", tmp_path / "run2", "--init", exported, "--steps", 1,
             "--lambda", 0.01)
     assert r.exit_code == 0 and "initialised from" in r.output and "lambda 0.01" in r.output
+
+
+def test_batch_carries_on_past_a_bad_file(tmp_path, model_file):
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    photo(40, 40).save(good)
+    bad.write_text("not an image")
+    out = tmp_path / "out"
+    out.mkdir()
+    res = run_process("encode", bad, good, "-d", out, "--model", model_file)
+    assert res.returncode != 0
+    assert "bad.png" in res.stderr and "1 of 2 files failed" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert (out / "good.dq").exists() and not (out / "bad.dq").exists()
+
+
+def test_killed_encode_leaves_no_output(tmp_path, model_file):
+    """SIGKILL at the worst moment, the whole file written but not yet renamed into place."""
+    import signal
+
+    src = tmp_path / "in.png"
+    photo(64, 64).save(src)
+    target = tmp_path / "a.dq"
+    code = ("import os, signal, sys\n"
+            "import dqcodec.fileio as f\n"
+            "f.os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "from dqcodec.cli import main\n"
+            "sys.exit(main())")
+    res = subprocess.run([sys.executable, "-c", code, "encode", str(src), "-o", str(target),
+                          "--model", str(model_file)], capture_output=True, timeout=120)
+    assert res.returncode == -signal.SIGKILL
+    assert not target.exists()
+
+
+def test_failing_write_leaves_no_output(tmp_path, model_file, monkeypatch):
+    from dqcodec import fileio
+
+    src = tmp_path / "in.png"
+    photo(32, 32).save(src)
+
+    def broken(tmp, data=b""):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fileio.Path, "write_bytes", lambda self, data: broken(self))
+    r = run("encode", src, "-o", tmp_path / "a.dq", "--model", model_file)
+    assert r.exit_code != 0
+    assert not (tmp_path / "a.dq").exists() and not list(tmp_path.glob(".a.dq.*"))
