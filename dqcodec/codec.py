@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +18,21 @@ from .model import DQCodec, pad_to_stride
 from . import zoo
 
 DEFAULT_MAX_PIXELS = 1 << 26  # 67 MP; raise with max_pixels / --max-pixels
+
+# PyTorch's CPU convolutions round differently with different thread counts, and the range
+# decoder needs the encoder's probabilities to the last bit: the codec always runs its
+# networks with this many threads, whatever the caller's setting.
+CODEC_THREADS = 2
+
+
+@contextmanager
+def fixed_threads(count: int = CODEC_THREADS):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def index_checksum(*indices: torch.Tensor) -> int:
@@ -44,7 +60,8 @@ class Codec:
     def encode_image(self, image: Image.Image) -> EncodeResult:
         rgb, alpha, mode = split_alpha(image)
         x = pad_to_stride(to_tensor(rgb), self.stride)
-        out = self.model.compress(x, self.rate_weight)
+        with fixed_threads():
+            out = self.model.compress(x, self.rate_weight)
         top, bottom = out["strings"]
         alpha_bytes = zlib.compress(alpha.tobytes(), 9) if alpha is not None else b""
         crc = index_checksum(out["indices"]["top"], out["indices"]["bottom"])
@@ -68,7 +85,8 @@ class Codec:
                           f"the limit of {max_pixels} pixels (raise it with --max-pixels)")
         alpha = alpha_plane(dq)
         try:
-            out = self.model.decompress([dq.top, dq.bottom], shape)
+            with fixed_threads():
+                out = self.model.decompress([dq.top, dq.bottom], shape)
         except (ValueError, RuntimeError) as exc:
             raise DQError(f"cannot decode the .dq payload ({exc})") from None
         if index_checksum(out["indices"]["top"], out["indices"]["bottom"]) != dq.index_crc:
