@@ -44,10 +44,11 @@ def shipped_models() -> dict[int, Level]:
 
 
 def default_quality() -> int:
-    levels = list(shipped_models())
-    if not levels:
-        raise ModelError("no trained model is installed (models/ holds no dq-q*.safetensors)")
-    return levels[len(levels) // 2]
+    """The level models/zoo.json names as default (the one its weights were trained for)."""
+    manifest = resources.files(WEIGHTS_PACKAGE) / "zoo.json"
+    if not manifest.is_file():
+        raise ModelError("no trained model is installed (models/zoo.json is missing)")
+    return int(json.loads(manifest.read_text())["default"])
 
 
 def model_id(model: DQCodec) -> bytes:
