@@ -213,11 +213,11 @@ def format_table(summary: dict) -> str:
 
 
 def default_published_dir() -> Path:
-    here = Path(__file__).resolve().parents[1]
-    for candidate in (here.parent / "shared" / "anchors" / "compressai_kodak",):
-        if candidate.is_dir():
-            return candidate
-    raise DQError("no published curves found; pass --published-dir DIR (CompressAI's results/image/kodak)")
+    """The project's copy of CompressAI's results, beside a source checkout."""
+    candidate = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "compressai_kodak"
+    if not candidate.is_dir():
+        raise DQError("no published curves found; pass --published-dir DIR (CompressAI's results/image/kodak)")
+    return candidate
 
 
 def format_curves(curves: dict) -> str:
