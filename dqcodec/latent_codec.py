@@ -6,6 +6,7 @@ every probability with exactly the computation the decoder will repeat.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -75,7 +76,7 @@ class DQLatentCodec(LatentCodec):
 
         def choose(p: Pass, groups: slice, logits: Tensor, positions: Tensor, rows: slice) -> Tensor:
             zs = z[:, self.prior.channel_slice(p.slice_index), rows]
-            bits = -torch.log_softmax(logits.detach(), -1) / torch.log(torch.tensor(2.0))
+            bits = -torch.log_softmax(logits.detach(), -1) / math.log(2.0)
             return self.quantizer.assign(zs.detach(), groups, bits, weight)
 
         return choose

@@ -8,6 +8,7 @@ decoded, and the anchors of the current slice.
 
 from __future__ import annotations
 
+import math
 from typing import Iterator, NamedTuple
 
 import torch
@@ -37,7 +38,7 @@ def checkerboard(height: int, width: int, device=None) -> Tensor:
 def code_bits(logits: Tensor, indices: Tensor) -> Tensor:
     """Information content in bits of each index under its categorical."""
     nats = -F.log_softmax(logits, dim=-1).gather(-1, indices.unsqueeze(-1)).squeeze(-1)
-    return nats / torch.log(torch.tensor(2.0))
+    return nats / math.log(2.0)
 
 
 class SliceContext(nn.Module):

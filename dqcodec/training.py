@@ -21,6 +21,7 @@ from .config import ModelConfig
 from .datasets import list_images
 from .errors import DQError
 from .model import DQCodec
+from .zoo import read_model_file
 
 
 @dataclass(frozen=True)
@@ -164,8 +165,6 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
     if state:
         model = DQCodec(ModelConfig.from_json(state["config"]))
     elif opts.init is not None:
-        from .zoo import read_model_file
-
         model = read_model_file(opts.init)
         model.train()
         if opts.init_lmbda is not None:

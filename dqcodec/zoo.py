@@ -32,23 +32,26 @@ class Level:
     rate_weight: float | None  # None: the strength the model was trained with
 
 
+def _manifest() -> dict:
+    """models/zoo.json, or {} when no model is installed."""
+    manifest = resources.files(WEIGHTS_PACKAGE) / "zoo.json"
+    return json.loads(manifest.read_text()) if manifest.is_file() else {}
+
+
 def shipped_models() -> dict[int, Level]:
     """Quality level -> Level, from models/zoo.json."""
     folder = resources.files(WEIGHTS_PACKAGE)
-    manifest = folder / "zoo.json"
-    if not manifest.is_file():
-        return {}
-    levels = json.loads(manifest.read_text())["levels"]
+    levels = _manifest().get("levels", {})
     return {int(q): Level(Path(str(folder / entry["weights"])), entry.get("rate_weight"))
             for q, entry in sorted(levels.items(), key=lambda kv: int(kv[0]))}
 
 
 def default_quality() -> int:
     """The level models/zoo.json names as default (the one its weights were trained for)."""
-    manifest = resources.files(WEIGHTS_PACKAGE) / "zoo.json"
-    if not manifest.is_file():
+    manifest = _manifest()
+    if "default" not in manifest:
         raise ModelError("no trained model is installed (models/zoo.json is missing)")
-    return int(json.loads(manifest.read_text())["default"])
+    return int(manifest["default"])
 
 
 def model_id(model: DQCodec) -> bytes:
