@@ -190,7 +190,7 @@ def eval_(dataset, data_dir, quality, model, compare, published, published_dir, 
     if plot_path:
         extra = rd.load_published(published_dir or default_published_dir(),
                                   ["bmshj2018-hyperprior", "mbt2018", "bpg", "vtm"]) if published else None
-        pairs = {n: [(p["bpp"], p["psnr"]) for p in pts] for n, pts in curves.items()}
+        pairs = evaluation.rd_pairs(curves)
         write_atomic(plot_path, lambda tmp: rd.plot_rd(pairs, tmp, f"RGB PSNR on {data_dir.name if data_dir else dataset}",
                                                        published=extra))
     if json_path:

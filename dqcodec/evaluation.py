@@ -74,11 +74,16 @@ COMPARE_BPPS = (0.25, 0.5, 0.75, 1.0)
 BD_RANGE = (0.1, 1.5)
 
 
+def rd_pairs(curves: dict[str, list[dict]]) -> dict[str, list[tuple[float, float]]]:
+    """Curve points -> (bpp, PSNR) pairs, the form rd.py works on."""
+    return {name: [(p["bpp"], p["psnr"]) for p in points] for name, points in curves.items()}
+
+
 def compare(curves: dict[str, list[dict]]) -> dict:
     """PSNR at fixed rates and pairwise BD-rate (%) over 0.1-1.5 bpp, from measured curves."""
     from .rd import bd_table, psnr_at
 
-    pairs = {name: [(p["bpp"], p["psnr"]) for p in points] for name, points in curves.items()}
+    pairs = rd_pairs(curves)
     at = {name: {str(b): psnr_at(c, b) for b in COMPARE_BPPS} for name, c in pairs.items()}
     bd = {f"{b} vs {a}": v for (a, b), v in bd_table(pairs, bpp_range=BD_RANGE).items()}
     return {"psnr_at_bpp": at, "bd_rate_percent": bd}
