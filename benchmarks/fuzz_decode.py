@@ -208,9 +208,9 @@ def forge_streams(codec: Codec, width: int, height: int, bottom: bool = True) ->
     def run(level, cond):
         encoder = IndexEncoder()
 
-        def choose(p, groups, logits, positions, rows):
+        def choose(p, groups, logits, rows, mask):
             chosen = logits.argmax(-1)
-            encoder.encode(chosen[:, :, positions], logits[:, :, positions])
+            encoder.encode(chosen, logits)
             return chosen
 
         y_hat, indices, _ = level._run_passes(cond, choose)

@@ -50,10 +50,10 @@ class EncodeResult:
 
 class Codec:
     def __init__(self, model: DQCodec, quality: int = 0, rate_weight: float | None = None):
-        self.model = model.eval()
+        self.model_id = zoo.model_id(model)
+        self.model = model.eval().to(memory_format=torch.channels_last)
         self.quality = quality
         self.rate_weight = rate_weight
-        self.model_id = zoo.model_id(model)
         self.stride = model.config.top_stride
 
     @torch.inference_mode()

@@ -18,8 +18,9 @@ from .prior import CodePrior, Pass, checkerboard, code_bits, pass_schedule
 from .quantizer import DepthwiseQuantizer
 from .range_coding import IndexDecoder, IndexEncoder
 
-# chooser(pass, group slice, logits (B,G_s,h,W,K), positions (h,W) bool, rows) -> indices (B,G_s,h,W)
-Chooser = Callable[[Pass, slice, Tensor, Tensor, slice], Tensor]
+# chooser(pass, group slice, logits (B,G_s,n,K), rows, positions (h,W) bool) -> indices (B,G_s,n)
+# for the n positions of the pass (positions[rows] true, in row-major order)
+Chooser = Callable[[Pass, slice, Tensor, slice, Tensor], Tensor]
 
 # Logits are built a block of rows at a time so large images need bounded memory; the
 # blocks depend only on the latent's shape, so encoder and decoder cut them alike.
@@ -42,7 +43,8 @@ class DQLatentCodec(LatentCodec):
 
     def _run_passes(self, cond: Tensor, choose: Chooser, straight_through: Tensor | None = None):
         """Walk the pass schedule; returns y_hat, indices and (when training, i.e. with
-        straight_through) the logits each index was coded with."""
+        straight_through) the logits each index was coded with. Each pass computes
+        logits only at the positions it codes (half of a checkerboard)."""
         b, _, h, w = cond.shape
         cond_features = self.prior.condition(cond)
         anchors = checkerboard(h, w, cond.device)
@@ -57,11 +59,13 @@ class DQLatentCodec(LatentCodec):
             positions = anchors if p.anchors else ~anchors
             chosen = torch.zeros_like(indices[:, groups])
             for rows in blocks:
-                logits = self.prior.code_logits(s, mean[:, :, rows], log_scale[:, :, rows],
+                mask = positions[rows]
+                logits = self.prior.code_logits(s, mean[:, :, rows][:, :, mask],
+                                                log_scale[:, :, rows][:, :, mask],
                                                 self.quantizer.codebooks)
-                chosen[:, :, rows] = choose(p, groups, logits, positions[rows], rows)
+                chosen[:, :, rows][:, :, mask] = choose(p, groups, logits, rows, mask)
                 if straight_through is not None:
-                    all_logits.append((groups, rows, positions[rows], logits))
+                    all_logits.append((groups, rows, mask, logits))
             if straight_through is not None:
                 values = self.quantizer.straight_through(straight_through[:, channels], chosen, groups)
             else:
@@ -73,20 +77,19 @@ class DQLatentCodec(LatentCodec):
 
     def _assigner(self, z: Tensor, rate_weight: float | None = None) -> Chooser:
         weight = self.rate_weight if rate_weight is None else rate_weight
+        vectors = self.quantizer.split(z.detach())  # (B, G, H, W, d)
 
-        def choose(p: Pass, groups: slice, logits: Tensor, positions: Tensor, rows: slice) -> Tensor:
-            zs = z[:, self.prior.channel_slice(p.slice_index), rows]
+        def choose(p: Pass, groups: slice, logits: Tensor, rows: slice, mask: Tensor) -> Tensor:
             bits = -torch.log_softmax(logits.detach(), -1) / math.log(2.0)
-            return self.quantizer.assign(zs.detach(), groups, bits, weight)
+            return self.quantizer.assign(vectors[:, groups, rows][:, :, mask], groups, bits, weight)
 
         return choose
 
     def forward(self, z: Tensor, cond: Tensor) -> dict:
         y_hat, indices, all_logits = self._run_passes(cond, self._assigner(z), straight_through=z)
         bits = z.new_zeros(())
-        for groups, rows, positions, logits in all_logits:
-            per_index = code_bits(logits, indices[:, groups, rows])
-            bits = bits + (per_index * positions).sum()
+        for groups, rows, mask, logits in all_logits:
+            bits = bits + code_bits(logits, indices[:, groups, rows][:, :, mask]).sum()
         for g in range(0, self.level.groups, self.prior.groups_per_slice):
             sl = slice(g, g + self.prior.groups_per_slice)
             self.quantizer.track_usage(indices[:, sl], sl)
@@ -100,9 +103,9 @@ class DQLatentCodec(LatentCodec):
         encoder = IndexEncoder()
         assign = self._assigner(z, rate_weight)
 
-        def choose(p: Pass, groups: slice, logits: Tensor, positions: Tensor, rows: slice) -> Tensor:
-            chosen = assign(p, groups, logits, positions, rows)
-            encoder.encode(chosen[:, :, positions], logits[:, :, positions])
+        def choose(p: Pass, groups: slice, logits: Tensor, rows: slice, mask: Tensor) -> Tensor:
+            chosen = assign(p, groups, logits, rows, mask)
+            encoder.encode(chosen, logits)
             return chosen
 
         y_hat, indices, _ = self._run_passes(cond, choose)
@@ -113,10 +116,8 @@ class DQLatentCodec(LatentCodec):
     def decompress(self, string: bytes, cond: Tensor) -> dict:
         decoder = IndexDecoder(string)
 
-        def choose(p: Pass, groups: slice, logits: Tensor, positions: Tensor, rows: slice) -> Tensor:
-            chosen = torch.zeros(logits.shape[:-1], dtype=torch.long)
-            chosen[:, :, positions] = decoder.decode(logits[:, :, positions])
-            return chosen
+        def choose(p: Pass, groups: slice, logits: Tensor, rows: slice, mask: Tensor) -> Tensor:
+            return decoder.decode(logits)
 
         y_hat, indices, _ = self._run_passes(cond, choose)
         return {"y_hat": y_hat, "indices": indices}

@@ -5,22 +5,22 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from compressai.layers import GDN
 from compressai.models import CompressionModel
 from compressai.models.utils import conv, deconv
 from torch import Tensor
 
 from .config import ModelConfig
 from .latent_codec import DQLatentCodec
+from .layers import FusedGDN, SubpixelDeconv
 from .tiling import tiled_analysis, tiled_synthesis
 
 
 def analysis(width: int) -> nn.Sequential:
     """Image -> features at stride 16."""
     return nn.Sequential(
-        conv(3, width), GDN(width),
-        conv(width, width), GDN(width),
-        conv(width, width), GDN(width),
+        conv(3, width), FusedGDN(width),
+        conv(width, width), FusedGDN(width),
+        conv(width, width), FusedGDN(width),
         conv(width, width),
     )
 
@@ -28,10 +28,10 @@ def analysis(width: int) -> nn.Sequential:
 def synthesis(in_channels: int, width: int) -> nn.Sequential:
     """Stride-16 latent (+ top-level features) -> image."""
     return nn.Sequential(
-        deconv(in_channels, width), GDN(width, inverse=True),
-        deconv(width, width), GDN(width, inverse=True),
-        deconv(width, width), GDN(width, inverse=True),
-        deconv(width, 3),
+        deconv(in_channels, width), FusedGDN(width, inverse=True),
+        deconv(width, width), FusedGDN(width, inverse=True),
+        deconv(width, width), FusedGDN(width, inverse=True),
+        SubpixelDeconv(width, 3),
     )
 
 
@@ -84,6 +84,7 @@ class DQCodec(CompressionModel):
 
     @torch.no_grad()
     def compress(self, x: Tensor, rate_weight: float | None = None) -> dict:
+        x = x.contiguous(memory_format=torch.channels_last)  # faster CPU convolutions
         h = tiled_analysis(self.analyse, x, stride=self.config.bottom_stride)
         t = self.top_a(h)
         top = self.top.compress(t, self._unconditioned(t), rate_weight)
@@ -102,8 +103,8 @@ class DQCodec(CompressionModel):
         top = self.top.decompress(strings[0], ones)
         cond = self.top_s(top["y_hat"])
         bottom = self.bottom.decompress(strings[1], cond)
-        x_hat = tiled_synthesis(self.synthesise, torch.cat([bottom["y_hat"], cond], 1),
-                                stride=self.config.bottom_stride)
+        y = torch.cat([bottom["y_hat"], cond], 1).contiguous(memory_format=torch.channels_last)
+        x_hat = tiled_synthesis(self.synthesise, y, stride=self.config.bottom_stride)
         return {"x_hat": x_hat.clamp_(0, 1),
                 "indices": {"top": top["indices"], "bottom": bottom["indices"]}}
 

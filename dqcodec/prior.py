@@ -100,7 +100,15 @@ class CodePrior(nn.Module):
         return params[..., 0, :], params[..., 1, :].clamp(-4.0, 4.0)
 
     def code_logits(self, s: int, mean: Tensor, log_scale: Tensor, codebooks: Tensor) -> Tensor:
-        """Logits (B, G_s, h, w, K) over each group's codes, for any block of rows."""
-        codes = codebooks[self.group_slice(s)][None, :, None, None]  # (1, G_s, 1, 1, K, d)
-        z = (codes - mean.unsqueeze(-2)) * torch.exp(-log_scale).unsqueeze(-2)
-        return self.code_bias[self.group_slice(s)][None, :, None, None] - 0.5 * z.pow(2).sum(-1)
+        """Logits (B, G_s, ..., K) over each group's codes from mean and log-scale (B, G_s, ..., d).
+
+        -0.5 |(c - m) / sigma|^2 expanded as a small matmul of (1/sigma^2, -2m/sigma^2)
+        with (c^2, c); the dropped term |m / sigma|^2 is the same for all codes of a
+        position, so the distribution is unchanged."""
+        codes = codebooks[self.group_slice(s)]  # (G_s, K, d)
+        precision = torch.exp(-2 * log_scale)
+        features = torch.cat([precision, -2 * mean * precision], -1)
+        code_features = torch.cat([codes.pow(2), codes], -1)
+        quadratic = torch.einsum("bg...e,gke->bg...k", features, code_features)
+        bias = self.code_bias[self.group_slice(s)]
+        return bias.view(1, -1, *[1] * (mean.dim() - 3), bias.shape[1]) - 0.5 * quadratic

@@ -50,16 +50,17 @@ class DepthwiseQuantizer(nn.Module):
         b, g, h, w, d = v.shape
         return v.permute(0, 1, 4, 2, 3).reshape(b, g * d, h, w)
 
-    def distances(self, z: Tensor, groups: slice = slice(None)) -> Tensor:
-        """Squared distance of each group vector to each code: (B, G', H, W, K)."""
-        v = self.split(z)
+    def distances(self, v: Tensor, groups: slice = slice(None)) -> Tensor:
+        """Squared distance, up to a per-vector constant, of group vectors v (B, G', ..., d)
+        to each code: (B, G', ..., K). |v|^2 is dropped: it does not change the argmin."""
         codes = self.codebooks[groups]
-        diff = v.unsqueeze(-2) - codes[None, :, None, None, :, :]
-        return diff.pow(2).sum(-1)
+        cross = torch.einsum("bg...d,gkd->bg...k", v, codes)
+        return codes.pow(2).sum(-1).view(1, -1, *[1] * (v.dim() - 3), codes.shape[1]) - 2 * cross
 
-    def assign(self, z: Tensor, groups: slice, bits: Tensor | None, rate_weight: float) -> Tensor:
-        """Entropy-constrained assignment: argmin |z - c_k|^2 + rate_weight * bits_k."""
-        cost = self.distances(z, groups)
+    def assign(self, v: Tensor, groups: slice, bits: Tensor | None, rate_weight: float) -> Tensor:
+        """Entropy-constrained assignment of group vectors v (B, G', ..., d):
+        argmin |v - c_k|^2 + rate_weight * bits_k."""
+        cost = self.distances(v, groups)
         if bits is not None and rate_weight > 0:
             cost = cost + rate_weight * bits
         return cost.argmin(-1)

@@ -1,0 +1,37 @@
+import pytest
+import torch
+from compressai.layers import GDN
+
+from dqcodec.layers import FusedGDN, SubpixelDeconv
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_fused_gdn_matches_compressai(inverse):
+    torch.manual_seed(0)
+    fused = FusedGDN(8, inverse=inverse)
+    with torch.no_grad():
+        fused.gamma.add_(0.1 * torch.rand_like(fused.gamma))
+    reference = GDN(8, inverse=inverse)
+    reference.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 8, 5, 7)
+    with torch.no_grad():
+        assert torch.allclose(fused(x), reference(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(5, 7), (1, 1), (4, 6)])
+def test_subpixel_deconv_matches_transposed_convolution(size):
+    torch.manual_seed(0)
+    layer = SubpixelDeconv(6, 3)
+    x = torch.randn(2, 6, *size)
+    expected = torch.nn.ConvTranspose2d.forward(layer, x)
+    with torch.no_grad():
+        fast = layer(x)
+    assert fast.shape == expected.shape == (2, 3, 2 * size[0], 2 * size[1])
+    assert torch.allclose(fast, expected, atol=1e-5)
+
+
+def test_fast_paths_keep_gradients_under_autograd():
+    layer = SubpixelDeconv(4, 3)
+    x = torch.randn(1, 4, 3, 3, requires_grad=True)
+    FusedGDN(3, inverse=True)(layer(x)).sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None
