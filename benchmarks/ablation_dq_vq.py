@@ -1,9 +1,9 @@
 """DQ versus VQ at equal budget: same transforms, codebook memory, training steps and data.
 
-Trains one small model per quantizer setting (only G changes; K and C stay, so every arm
-has K x C codebook floats per level), then codes Kodak at several encode-time assignment
-strengths to trace each arm's rate-distortion curve from the real bitstreams, and prints
-the Bjøntegaard delta rate between the arms.
+Trains small models that differ only in G (K and C stay, so every model has K x C codebook
+floats per level) at several trade-offs λ, codes Kodak with each at several encode-time
+assignment strengths (real bitstreams), and compares the best curve each quantizer reaches
+(the Pareto front of all its points): PSNR at equal rate and the Bjøntegaard delta rate.
 
     python benchmarks/ablation_dq_vq.py --steps 800 --json docs/ablation.json
 
@@ -13,6 +13,7 @@ Run by hand (minutes of CPU per arm); not part of the test suite.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from dqcodec.codec import Codec
 from dqcodec.config import LevelConfig, ModelConfig
 from dqcodec.datasets import list_images
 from dqcodec.evaluation import evaluate
-from dqcodec.rd import bd_rate
+from dqcodec.rd import bd_rate, psnr_at
 from dqcodec.training import Stage, TrainOptions, model_from_checkpoint, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,10 +40,17 @@ def arm_config(groups_bottom: int, groups_top: int) -> ModelConfig:
                        top=level(CHANNELS_TOP, groups_top, 2))
 
 
-ARMS = {
-    "DQ (G=48/16, d=2)": arm_config(48, 16),
-    "VQ (G=1)": arm_config(1, 1),
-}
+FAMILIES = {"DQ": arm_config(48, 16), "VQ": arm_config(1, 1)}
+LAMBDAS = {"DQ": (0.0067, 0.0005, 0.00005), "VQ": (0.0067, 0.0005)}
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both rate and PSNR, by increasing rate."""
+    front = []
+    for bpp, psnr in sorted(points):
+        if not front or psnr > front[-1][1]:
+            front.append((bpp, psnr))
+    return front
 
 
 def main() -> None:
@@ -56,32 +64,45 @@ def main() -> None:
     args = parser.parse_args()
     weights = [float(w) for w in args.rate_weights.split(",")]
     kodak = list_images(Path(args.kodak_dir))
-    curves, rows = {}, []
-    for name, config in ARMS.items():
-        out = Path(args.out) / name.split(" ")[0].lower()
-        opts = TrainOptions(data=Path(args.train_dir), out=out, steps=args.steps, lr=1e-3, warmup=100,
-                            stages=(Stage(64, 16, 1.0),), val_every=10**9,
-                            checkpoint_every=max(100, args.steps // 4), config=config)
-        start = time.time()
-        train(opts, resume=True, log=lambda *a: None)
-        minutes = (time.time() - start) / 60
-        model = model_from_checkpoint(out / "checkpoint.pt")
-        memory = sum(level.quantizer.codebooks.numel() for level in (model.top, model.bottom))
-        curve = []
-        for w in weights:
-            results = evaluate(Codec(model, rate_weight=w), kodak, progress=False)
-            point = (float(np.mean([r.bpp for r in results])), float(np.mean([r.psnr for r in results])))
-            curve.append(point)
-            rows.append((name, w, *point))
-            print(f"{name:20s} rate weight {w:<5g} {point[0]:.4f} bpp {point[1]:.2f} dB", flush=True)
-        curves[name] = {"curve": curve, "codebook_floats": memory, "train_minutes": minutes}
-    names = list(ARMS)
-    delta = bd_rate(curves[names[0]]["curve"], curves[names[1]]["curve"])
-    print(f"BD-rate of {names[1]} against {names[0]}: "
+    arms, fronts = [], {}
+    for family, config in FAMILIES.items():
+        points = []
+        for lmbda in LAMBDAS[family]:
+            arm = train_and_code(family, dataclasses.replace(config, lmbda=lmbda), args, weights, kodak)
+            arms.append(arm)
+            points += arm["curve"]
+        fronts[family] = pareto_front(points)
+    dq, vq = fronts["DQ"], fronts["VQ"]
+    delta = bd_rate(dq, vq)
+    print(f"BD-rate of VQ against DQ (Pareto fronts): "
           + ("no PSNR overlap" if delta is None else f"{delta:+.1f}%"))
+    for bpp, psnr in vq:
+        at = psnr_at(dq, bpp)
+        print(f"at {bpp:.4f} bpp: VQ {psnr:.2f} dB, DQ "
+              + ("outside its measured range" if at is None else f"{at:.2f} dB ({at - psnr:+.2f})"))
     if args.json:
-        Path(args.json).write_text(json.dumps({"steps": args.steps, "arms": curves,
+        Path(args.json).write_text(json.dumps({"steps": args.steps, "arms": arms, "fronts": fronts,
                                                "bd_rate_vq_vs_dq": delta}, indent=2))
+
+
+def train_and_code(family: str, config: ModelConfig, args, weights: list[float], kodak: list[Path]) -> dict:
+    out = Path(args.out) / f"{family.lower()}-{config.lmbda:g}"
+    opts = TrainOptions(data=Path(args.train_dir), out=out, steps=args.steps, lr=1e-3, warmup=100,
+                        stages=(Stage(64, 16, 1.0),), val_every=10**9,
+                        checkpoint_every=max(100, args.steps // 4), config=config)
+    start = time.time()
+    train(opts, resume=True, log=lambda *a: None)
+    minutes = (time.time() - start) / 60
+    model = model_from_checkpoint(out / "checkpoint.pt")
+    memory = sum(level.quantizer.codebooks.numel() for level in (model.top, model.bottom))
+    curve = []
+    for w in weights:
+        results = evaluate(Codec(model, rate_weight=w), kodak, progress=False)
+        curve.append((float(np.mean([r.bpp for r in results])), float(np.mean([r.psnr for r in results]))))
+        print(f"{family} λ={config.lmbda:<8g} rate weight {w:<5g} {curve[-1][0]:.4f} bpp "
+              f"{curve[-1][1]:.2f} dB", flush=True)
+    return {"family": family, "lmbda": config.lmbda, "groups": [config.bottom.groups, config.top.groups],
+            "codebook_floats": memory, "train_minutes": minutes, "rate_weights": weights, "curve": curve}
 
 
 if __name__ == "__main__":
