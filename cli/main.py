@@ -258,21 +258,30 @@ def format_comparison(comparison: dict, names: list[str]) -> str:
 @click.option("--width", type=int, default=128, show_default=True, help="Feature channels of the transforms.")
 @click.option("--init", "init", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Start from this model's weights (e.g. a shipped one), with a fresh optimizer.")
+@click.option("--rate-weight", type=float, help="Strength of rate-aware code assignment "
+              "(bits weighed against squared latent distance) [default: 0.05, or the --init model's].")
+@click.option("--stages", help="Crop schedule CROPxBATCH:FRACTION,... "
+              "[default: 64x24:0.2,128x8:0.45,192x4:0.35].")
+@click.option("--warmup", type=int, default=300, show_default=True, help="Learning-rate warm-up steps.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
 @user_errors
-def train(data, out, steps, lr, lmbda, groups, codebook_size, width, init, resume):
+def train(data, out, steps, lr, lmbda, groups, codebook_size, width, init, rate_weight, stages,
+          warmup, resume):
     """Train a model (progressive crop sizes, resumable)."""
     import dataclasses
 
     from dqcodec.config import ModelConfig
-    from dqcodec.training import TrainOptions, train as run_training
+    from dqcodec.training import DEFAULT_STAGES, TrainOptions, parse_stages, train as run_training
 
-    base = ModelConfig()
+    base = ModelConfig() if rate_weight is None else ModelConfig(rate_weight=rate_weight)
     bottom = dataclasses.replace(base.bottom, groups=groups, codebook_size=codebook_size,
                                  slices=min(base.bottom.slices, groups))
     config = dataclasses.replace(base, lmbda=lmbda, bottom=bottom, width=width, prior_width=width)
     options = TrainOptions(data=data, out=out, steps=steps, lr=lr, config=config, init=init,
-                           init_lmbda=lmbda if init else None)
+                           init_lmbda=lmbda if init else None,
+                           init_rate_weight=rate_weight if init else None, warmup=warmup,
+                           rate_weight_ramp=0.02 if init else 0.3,  # an --init model already assigns rate-aware
+                           stages=parse_stages(stages) if stages else DEFAULT_STAGES)
     best = run_training(options,
                         resume=resume, log=lambda m: click.echo(m, err=True))
     click.echo(f"best checkpoint: {best}")

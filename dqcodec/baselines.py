@@ -170,7 +170,7 @@ CODECS: dict[str, Codec] = {
         "jpeg",
         "JPEG (Pillow/libjpeg), 4:2:0",
         "quality",
-        (5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 85),  # 0.22 .. ~1.9 bpp
+        (1, 3, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 85),  # 0.17 (its floor) .. ~1.9 bpp
         _pillow_encode("JPEG"),  # Pillow's default subsampling is 4:2:0
         _pillow_decode,
         _pillow_probe(None),

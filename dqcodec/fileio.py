@@ -27,8 +27,10 @@ def write_atomic(dst: Path, write: Callable[[Path], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
         write(Path(tmp))
+        # mkstemp makes 0600 (and some writers, e.g. safetensors, recreate the file):
+        # outputs get the usual mode
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

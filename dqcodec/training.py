@@ -51,6 +51,22 @@ class TrainOptions:
     config: ModelConfig = field(default_factory=ModelConfig)
     init: Path | None = None  # start from a shipped model's weights (fresh optimizer)
     init_lmbda: float | None = None  # retarget an initialised model to another trade-off
+    init_rate_weight: float | None = None  # ... and to another assignment strength
+
+
+def parse_stages(text: str) -> tuple[Stage, ...]:
+    """"64x24:0.2,128x8:0.45" -> crop 64 px, batch 24 for 20% of the steps, then ..."""
+    stages = []
+    for part in text.split(","):
+        try:
+            size, fraction = part.split(":")
+            crop, batch = size.lower().split("x")
+            stages.append(Stage(int(crop), int(batch), float(fraction)))
+        except ValueError:
+            raise DQError(f"bad stage {part!r}: expected CROPxBATCH:FRACTION, e.g. 128x8:0.5") from None
+    if any(s.crop < 64 or s.crop % 64 or s.batch < 1 or not s.fraction > 0 for s in stages):
+        raise DQError("stages need crops that are positive multiples of 64, batch >= 1 and fraction > 0")
+    return tuple(stages)
 
 
 def split_train_val(paths: list[Path], val_count: int) -> tuple[list[Path], list[Path]]:
@@ -169,7 +185,10 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
         model.train()
         if opts.init_lmbda is not None:
             model.config = dataclasses.replace(model.config, lmbda=opts.init_lmbda)
-        log(f"initialised from {opts.init} (lambda {model.config.lmbda})")
+        if opts.init_rate_weight is not None:
+            model.config = dataclasses.replace(model.config, rate_weight=opts.init_rate_weight)
+        log(f"initialised from {opts.init} (lambda {model.config.lmbda}, "
+            f"assignment strength {model.config.rate_weight})")
     else:
         model = DQCodec(opts.config)
     config = model.config

@@ -176,12 +176,24 @@ def test_train_and_resume(tmp_path, training_photos):
     assert r.exit_code == 0 and "resumed from" in r.output and "at step 2" in r.output
     exported = tmp_path / "m.safetensors"
     assert run("export", out / "best.pt", "-o", exported).exit_code == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    assert exported.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
     src = tmp_path / "in.png"
     photo(64, 64).save(src)
     assert run("encode", src, "-o", tmp_path / "a.dq", "--model", exported).exit_code == 0
     r = run("train", "--data", data, "--out", tmp_path / "run2", "--init", exported, "--steps", 1,
-            "--lambda", 0.01)
-    assert r.exit_code == 0 and "initialised from" in r.output and "lambda 0.01" in r.output
+            "--lambda", 0.01, "--rate-weight", 0.2, "--stages", "64x2:1")
+    assert r.exit_code == 0 and "initialised from" in r.output
+    assert "lambda 0.01" in r.output and "assignment strength 0.2" in r.output
+
+
+@pytest.mark.parametrize("stages", ["128x8", "128:0.5", "100x8:1", "64x0:1", "64x4:0"])
+def test_train_refuses_a_bad_crop_schedule(tmp_path, training_photos, stages):
+    r = run_process("train", "--data", training_photos, "--out", tmp_path / "run", "--stages", stages)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "stage" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
 
 
 def test_batch_carries_on_past_a_bad_file(tmp_path, model_file):
