@@ -18,13 +18,12 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from dqcodec.codec import Codec
 from dqcodec.config import LevelConfig, ModelConfig
 from dqcodec.datasets import list_images
-from dqcodec.evaluation import evaluate
+from dqcodec.evaluation import evaluate, summarize
 from dqcodec.rd import bd_rate, psnr_at
 from dqcodec.training import Stage, TrainOptions, model_from_checkpoint, train
 
@@ -97,8 +96,8 @@ def train_and_code(family: str, config: ModelConfig, args, weights: list[float],
     memory = sum(level.quantizer.codebooks.numel() for level in (model.top, model.bottom))
     curve = []
     for w in weights:
-        results = evaluate(Codec(model, rate_weight=w), kodak, progress=False)
-        curve.append((float(np.mean([r.bpp for r in results])), float(np.mean([r.psnr for r in results]))))
+        mean = summarize(evaluate(Codec(model, rate_weight=w), kodak, progress=False))
+        curve.append((mean["bpp"], mean["psnr"]))
         print(f"{family} λ={config.lmbda:<8g} rate weight {w:<5g} {curve[-1][0]:.4f} bpp "
               f"{curve[-1][1]:.2f} dB", flush=True)
     return {"family": family, "lmbda": config.lmbda, "groups": [config.bottom.groups, config.top.groups],

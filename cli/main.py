@@ -273,14 +273,14 @@ def train(data, out, steps, lr, lmbda, groups, codebook_size, width, init, rate_
     from dqcodec.config import ModelConfig
     from dqcodec.training import DEFAULT_STAGES, TrainOptions, parse_stages, train as run_training
 
-    base = ModelConfig() if rate_weight is None else ModelConfig(rate_weight=rate_weight)
+    base = ModelConfig()
     bottom = dataclasses.replace(base.bottom, groups=groups, codebook_size=codebook_size,
                                  slices=min(base.bottom.slices, groups))
-    config = dataclasses.replace(base, lmbda=lmbda, bottom=bottom, width=width, prior_width=width)
+    config = dataclasses.replace(base, lmbda=lmbda, bottom=bottom, width=width, prior_width=width,
+                                 rate_weight=base.rate_weight if rate_weight is None else rate_weight)
     options = TrainOptions(data=data, out=out, steps=steps, lr=lr, config=config, init=init,
                            init_lmbda=lmbda if init else None,
                            init_rate_weight=rate_weight if init else None, warmup=warmup,
-                           rate_weight_ramp=0.02 if init else 0.3,  # an --init model already assigns rate-aware
                            stages=parse_stages(stages) if stages else DEFAULT_STAGES)
     best = run_training(options,
                         resume=resume, log=lambda m: click.echo(m, err=True))

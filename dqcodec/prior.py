@@ -100,7 +100,7 @@ class CodePrior(nn.Module):
         return params[..., 0, :], params[..., 1, :].clamp(-4.0, 4.0)
 
     def code_logits(self, s: int, mean: Tensor, log_scale: Tensor, codebooks: Tensor) -> Tensor:
-        """Logits (B, G_s, ..., K) over each group's codes from mean and log-scale (B, G_s, ..., d).
+        """Logits (B, G_s, n, K) over each group's codes from mean and log-scale (B, G_s, n, d).
 
         -0.5 |(c - m) / sigma|^2 expanded as a small matmul of (1/sigma^2, -2m/sigma^2)
         with (c^2, c); the dropped term |m / sigma|^2 is the same for all codes of a
@@ -109,6 +109,5 @@ class CodePrior(nn.Module):
         precision = torch.exp(-2 * log_scale)
         features = torch.cat([precision, -2 * mean * precision], -1)
         code_features = torch.cat([codes.pow(2), codes], -1)
-        quadratic = torch.einsum("bg...e,gke->bg...k", features, code_features)
-        bias = self.code_bias[self.group_slice(s)]
-        return bias.view(1, -1, *[1] * (mean.dim() - 3), bias.shape[1]) - 0.5 * quadratic
+        quadratic = torch.einsum("bgne,gke->bgnk", features, code_features)
+        return self.code_bias[self.group_slice(s)][None, :, None] - 0.5 * quadratic

@@ -51,14 +51,14 @@ class DepthwiseQuantizer(nn.Module):
         return v.permute(0, 1, 4, 2, 3).reshape(b, g * d, h, w)
 
     def distances(self, v: Tensor, groups: slice = slice(None)) -> Tensor:
-        """Squared distance, up to a per-vector constant, of group vectors v (B, G', ..., d)
-        to each code: (B, G', ..., K). |v|^2 is dropped: it does not change the argmin."""
+        """Squared distance, up to a per-vector constant, of group vectors v (B, G', n, d)
+        to each code: (B, G', n, K). |v|^2 is dropped: it does not change the argmin."""
         codes = self.codebooks[groups]
-        cross = torch.einsum("bg...d,gkd->bg...k", v, codes)
-        return codes.pow(2).sum(-1).view(1, -1, *[1] * (v.dim() - 3), codes.shape[1]) - 2 * cross
+        cross = torch.einsum("bgnd,gkd->bgnk", v, codes)
+        return codes.pow(2).sum(-1)[None, :, None] - 2 * cross
 
     def assign(self, v: Tensor, groups: slice, bits: Tensor | None, rate_weight: float) -> Tensor:
-        """Entropy-constrained assignment of group vectors v (B, G', ..., d):
+        """Entropy-constrained assignment of group vectors v (B, G', n, d):
         argmin |v - c_k|^2 + rate_weight * bits_k."""
         cost = self.distances(v, groups)
         if bits is not None and rate_weight > 0:

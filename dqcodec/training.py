@@ -46,7 +46,9 @@ class TrainOptions:
     val_every: int = 500
     checkpoint_every: int = 250
     commitment: float = 0.5
-    rate_weight_ramp: float = 0.3  # share of the steps over which rate-aware assignment fades in
+    # share of the steps over which rate-aware assignment fades in; None: 0.3 from scratch,
+    # 0.02 from an `init` model (it already assigns rate-aware)
+    rate_weight_ramp: float | None = None
     seed: int = 0
     config: ModelConfig = field(default_factory=ModelConfig)
     init: Path | None = None  # start from a shipped model's weights (fresh optimizer)
@@ -209,6 +211,9 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
     sampler = CropSampler(train_paths[rank::world], rng)
     val_images = [load_rgb(p) for p in val_paths]
 
+    ramp_share = opts.rate_weight_ramp
+    if ramp_share is None:
+        ramp_share = 0.02 if opts.init is not None else 0.3
     bar = tqdm(total=opts.steps, initial=step, disable=rank != 0, dynamic_ncols=True)
     t0, start_step = time.time(), step
     while step < opts.steps:
@@ -216,7 +221,7 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
         x = sampler.batch(stage.crop, stage.batch)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, opts)
-        ramp = min(1.0, step / max(1.0, opts.rate_weight_ramp * opts.steps))
+        ramp = min(1.0, step / max(1.0, ramp_share * opts.steps))
         for level in (model.top, model.bottom):
             level.rate_weight = config.rate_weight * ramp
         out = wrapped(x)
