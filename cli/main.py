@@ -291,13 +291,15 @@ def train(data, out, steps, lr, lmbda, groups, codebook_size, width, init, rate_
 @click.argument("checkpoint", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
 @click.option("-f", "--force", is_flag=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16",
+              show_default=True, help="int8: per-channel convolution weights, half the size of fp16.")
 @user_errors
-def export(checkpoint, output, force):
-    """Turn a training checkpoint into a shippable fp16 safetensors model."""
+def export(checkpoint, output, force, precision):
+    """Turn a training checkpoint into a shippable safetensors model."""
     from dqcodec.training import model_from_checkpoint
     from dqcodec.zoo import save_model
 
     check_output(checkpoint, output, force)
     model = model_from_checkpoint(checkpoint)
-    write_atomic(output, lambda tmp: save_model(model, tmp))
+    write_atomic(output, lambda tmp: save_model(model, tmp, precision))
     click.echo(f"{checkpoint} -> {output}")

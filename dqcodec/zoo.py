@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
@@ -63,12 +64,51 @@ def model_id(model: DQCodec) -> bytes:
     return digest.digest()[:8]
 
 
-def save_model(model: DQCodec, path: Path, half: bool = True) -> None:
-    """Weights only (fp16 by default; they are cast back to fp32 on load)."""
-    state = {k: (v.half() if half and v.is_floating_point() else v).contiguous()
-             for k, v in model.state_dict().items()}
-    meta = {"format": "dqcodec", "config": model.config.to_json()}
-    save_file(state, str(path), metadata=meta)
+PRECISIONS = ("fp32", "fp16", "int8")
+SCALE_SUFFIX = ".int8_scale"
+
+
+def _quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8 for a convolution weight."""
+    flat = w.detach().float().reshape(w.shape[0], -1)
+    scale = (flat.abs().amax(1) / 127.0).clamp_min(1e-12)
+    q = torch.round(flat / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.reshape(w.shape), scale.half()
+
+
+def _stored_tensors(model: DQCodec, precision: str) -> dict[str, torch.Tensor]:
+    state = {}
+    for name, value in model.state_dict().items():
+        if not value.is_floating_point() or precision == "fp32":
+            state[name] = value
+        elif precision == "int8" and value.dim() == 4:  # conv weights; GDN, codebooks stay fp16
+            state[name], state[name + SCALE_SUFFIX] = _quantize_int8(value)
+        else:
+            state[name] = value.half()
+    return {k: v.contiguous() for k, v in state.items()}
+
+
+def _float_state(stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Undo `_stored_tensors`: every weight back in fp32, exactly the same on every machine."""
+    state = {}
+    for name, value in stored.items():
+        if name.endswith(SCALE_SUFFIX):
+            continue
+        if value.dtype == torch.int8:
+            scale = stored[name + SCALE_SUFFIX].float()
+            state[name] = value.float() * scale.view(-1, *([1] * (value.dim() - 1)))
+        else:
+            state[name] = value.float() if value.is_floating_point() else value
+    return state
+
+
+def save_model(model: DQCodec, path: Path, precision: str = "fp16") -> None:
+    """Weights only; fp16 and int8 (per-channel, convolution weights only) are cast back to
+    fp32 on load."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}")
+    meta = {"format": "dqcodec", "config": model.config.to_json(), "precision": precision}
+    save_file(_stored_tensors(model, precision), str(path), metadata=meta)
 
 
 def read_model_file(path: Path) -> DQCodec:
@@ -86,8 +126,8 @@ def read_model_file(path: Path) -> DQCodec:
         raise ModelError(f"{path} is a safetensors file but not a dqcodec model")
     try:
         model = DQCodec(ModelConfig.from_json(meta["config"]))
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    except (RuntimeError, TypeError, ValueError, json.JSONDecodeError) as exc:
+        model.load_state_dict(_float_state(state))
+    except (RuntimeError, TypeError, ValueError, KeyError, json.JSONDecodeError) as exc:
         raise ModelError(f"{path}: weights do not match their config ({exc})") from None
     model.eval()
     return model
