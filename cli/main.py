@@ -264,9 +264,11 @@ def format_comparison(comparison: dict, names: list[str]) -> str:
               "[default: 64x24:0.2,128x8:0.45,192x4:0.35].")
 @click.option("--warmup", type=int, default=300, show_default=True, help="Learning-rate warm-up steps.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: a CUDA GPU when PyTorch sees one (one per torchrun process), else the CPU.")
 @user_errors
 def train(data, out, steps, lr, lmbda, groups, codebook_size, width, init, rate_weight, stages,
-          warmup, resume):
+          warmup, resume, device):
     """Train a model (progressive crop sizes, resumable)."""
     import dataclasses
 
@@ -280,7 +282,7 @@ def train(data, out, steps, lr, lmbda, groups, codebook_size, width, init, rate_
                                  rate_weight=base.rate_weight if rate_weight is None else rate_weight)
     options = TrainOptions(data=data, out=out, steps=steps, lr=lr, config=config, init=init,
                            init_lmbda=lmbda if init else None,
-                           init_rate_weight=rate_weight if init else None, warmup=warmup,
+                           init_rate_weight=rate_weight if init else None, warmup=warmup, device=device,
                            stages=parse_stages(stages) if stages else DEFAULT_STAGES)
     best = run_training(options,
                         resume=resume, log=lambda m: click.echo(m, err=True))

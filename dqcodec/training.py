@@ -54,6 +54,7 @@ class TrainOptions:
     init: Path | None = None  # start from a shipped model's weights (fresh optimizer)
     init_lmbda: float | None = None  # retarget an initialised model to another trade-off
     init_rate_weight: float | None = None  # ... and to another assignment strength
+    device: str = "auto"  # auto: CUDA when available (one GPU per process), else CPU
 
 
 def parse_stages(text: str) -> tuple[Stage, ...]:
@@ -141,12 +142,13 @@ def rd_loss(model: DQCodec, out: dict, x: Tensor, commitment: float) -> dict:
 def validate(model: DQCodec, images: list[Tensor], crop: int = 256) -> dict:
     """Centre crops of the held-out images, estimated rate from the prior."""
     model.eval()
+    device = next(model.parameters()).device
     bpp, psnr = [], []
     for img in images:
         _, h, w = img.shape
         c = min(crop, h, w) // 64 * 64
         y, x0 = (h - c) // 2, (w - c) // 2
-        x = img[None, :, y : y + c, x0 : x0 + c].float() / 255.0
+        x = img[None, :, y : y + c, x0 : x0 + c].to(device).float() / 255.0
         out = model(x)
         r = rd_loss(model, out, x, 0.0)
         bpp.append(float(r["bpp"]))
@@ -166,6 +168,17 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def resolve_device(name: str, rank: int = 0) -> torch.device:
+    """auto/cpu/cuda; under torchrun each process takes the GPU of its LOCAL_RANK."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise DQError(f"unknown device {name!r}: expected auto, cpu or cuda")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DQError("--device cuda: PyTorch sees no CUDA device on this machine")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+
+
 def _distributed() -> tuple[int, int]:
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         if not dist.is_initialized():
@@ -176,6 +189,9 @@ def _distributed() -> tuple[int, int]:
 
 def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
     rank, world = _distributed()
+    device = resolve_device(opts.device, rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     opts.out.mkdir(parents=True, exist_ok=True)
     ckpt_path = opts.out / "checkpoint.pt"
     state = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
@@ -194,6 +210,7 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
     else:
         model = DQCodec(opts.config)
     config = model.config
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr)
     step, best = 0, None
     if state:
@@ -202,9 +219,12 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
             optimizer.load_state_dict(state["optimizer"])
         step, best = state["step"], state["best_val"]
         log(f"resumed from {ckpt_path} at step {step}")
-    wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    ddp_devices = [device.index] if device.type == "cuda" else None
+    wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=ddp_devices) if world > 1 else model
     if world > 1 and rank == 0:
         log(f"distributed data parallel: {world} processes ({dist.get_backend()})")
+    if device.type == "cuda" and rank == 0:
+        log(f"training on {torch.cuda.get_device_name(device)}")
 
     train_paths, val_paths = split_train_val(list_images(opts.data), opts.val_count)
     rng = random.Random(opts.seed * 1000 + rank * 7919 + step)
@@ -218,7 +238,7 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
     t0, start_step = time.time(), step
     while step < opts.steps:
         stage = stage_at(step, opts)
-        x = sampler.batch(stage.crop, stage.batch)
+        x = sampler.batch(stage.crop, stage.batch).to(device, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, opts)
         ramp = min(1.0, step / max(1.0, ramp_share * opts.steps))

@@ -196,6 +196,14 @@ def test_train_refuses_a_bad_crop_schedule(tmp_path, training_photos, stages):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_train_on_cuda_without_a_gpu_is_a_clear_error(tmp_path, training_photos):
+    r = run_process("train", "--data", training_photos, "--out", tmp_path / "run", "--device", "cuda")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "no CUDA device" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
 def test_batch_carries_on_past_a_bad_file(tmp_path, model_file):
     good, bad = tmp_path / "good.png", tmp_path / "bad.png"
     photo(40, 40).save(good)
