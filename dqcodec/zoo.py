@@ -69,7 +69,8 @@ SCALE_SUFFIX = ".int8_scale"
 
 
 def _quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-channel int8 for a convolution weight."""
+    """Symmetric int8 with one scale per slice of dim 0 (a convolution's output channels, a
+    transposed convolution's input channels)."""
     flat = w.detach().float().reshape(w.shape[0], -1)
     scale = (flat.abs().amax(1) / 127.0).clamp_min(1e-12)
     q = torch.round(flat / scale[:, None]).clamp_(-127, 127).to(torch.int8)
