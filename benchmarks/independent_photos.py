@@ -10,7 +10,6 @@ The scikit-image wheel is fetched with `pip download` (no install); matplotlib i
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import click
 import matplotlib
+
+from dqcodec.datasets import file_matches
 
 SKIMAGE_WHEEL = "scikit-image==0.26.0"
 SHA256 = {
@@ -55,7 +56,7 @@ def main(folder: Path) -> None:
     for name, data in images.items():
         (folder / name).write_bytes(data)
     for name, digest in SHA256.items():
-        if hashlib.sha256((folder / name).read_bytes()).hexdigest() != digest:
+        if not file_matches(folder / name, digest):
             raise click.ClickException(f"{folder / name}: SHA-256 mismatch")
     click.echo(f"{len(SHA256)} photos in {folder}")
 

@@ -73,7 +73,8 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _is_valid(path: Path, digest: str) -> bool:
+def file_matches(path: Path, digest: str) -> bool:
+    """True when path is a readable file with this SHA-256 (hex)."""
     try:
         return path.is_file() and _sha256(path) == digest
     except OSError:
@@ -152,7 +153,7 @@ def kodak_dir(
         return folder
 
     folder = default_cache_dir() / "kodak"
-    needed = [name for name, digest in KODAK_SHA256.items() if not _is_valid(folder / name, digest)]
+    needed = [name for name, digest in KODAK_SHA256.items() if not file_matches(folder / name, digest)]
     if not needed:
         return folder
     if not download:

@@ -77,6 +77,11 @@ def _quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.reshape(w.shape), scale.half()
 
 
+def _dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    flat = q.float().reshape(q.shape[0], -1) * scale.float()[:, None]
+    return flat.reshape(q.shape)
+
+
 def _stored_tensors(model: DQCodec, precision: str) -> dict[str, torch.Tensor]:
     state = {}
     for name, value in model.state_dict().items():
@@ -96,8 +101,7 @@ def _float_state(stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if name.endswith(SCALE_SUFFIX):
             continue
         if value.dtype == torch.int8:
-            scale = stored[name + SCALE_SUFFIX].float()
-            state[name] = value.float() * scale.view(-1, *([1] * (value.dim() - 1)))
+            state[name] = _dequantize_int8(value, stored[name + SCALE_SUFFIX])
         else:
             state[name] = value.float() if value.is_floating_point() else value
     return state
