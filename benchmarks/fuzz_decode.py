@@ -78,7 +78,7 @@ MAGIC = b"\x89DQC"
 _HEADER = struct.Struct("<4sBBBB8sIIIIII")  # magic .. index CRC
 _CRC = struct.Struct("<I")
 HEADER_SIZE = _HEADER.size + _CRC.size  # 44
-FIELDS = ("magic", "version", "mode", "quality", "reserved", "model_id", "width", "height",
+FIELDS = ("magic", "version", "mode", "quality", "rate_point", "model_id", "width", "height",
           "n_top", "n_bottom", "n_alpha", "index_crc")
 MODES = ("RGB", "L", "RGBA", "LA")
 
@@ -213,15 +213,16 @@ def forge_streams(codec: Codec, width: int, height: int, bottom: bool = True) ->
             encoder.encode(chosen, logits)
             return chosen
 
-        y_hat, indices, _ = level._run_passes(cond, choose)
+        y_hat, indices, _ = level._run_passes(cond, point, choose)
         return encoder.finish(), y_hat, indices
 
     shape = (-(-height // stride), -(-width // stride))
+    point = torch.tensor([codec.rate_point])
     top, y_top, i_top = run(model.top, torch.ones(1, 1, *shape))
     if not bottom:
         _FORGED[key] = (top, b"", 0)
     else:
-        cond = model.top_s(y_top)
+        cond = model.top_s(model._unscaled(y_top, model._gain("top", point)))
         bot, _, i_bottom = run(model.bottom, cond)
         _FORGED[key] = (top, bot, index_checksum(i_top, i_bottom))
     return _FORGED[key]
@@ -343,10 +344,10 @@ def m_model_id(rng, s):
     return f"model id {mid.hex()} (CRC recomputed)", data, True
 
 
-def m_quality_reserved(rng, s):
+def m_quality_rate_point(rng, s):
     q, r = rng.randrange(256), rng.randrange(256)
-    data = build(dict(s.header, quality=q, reserved=r), s.data[HEADER_SIZE:])
-    return f"quality {q}, reserved byte {r} (CRC recomputed)", data, True
+    data = build(dict(s.header, quality=q, rate_point=r), s.data[HEADER_SIZE:])
+    return f"quality {q}, rate point {r} (CRC recomputed)", data, True
 
 
 def m_index_crc(rng, s):
@@ -504,7 +505,7 @@ MUTATIONS = {  # name: (function, weight)
     "moderate-size": (m_moderate_size, 4),
     "mode": (m_mode, 3),
     "model-id": (m_model_id, 3),
-    "quality-reserved": (m_quality_reserved, 2),
+    "quality-rate-point": (m_quality_rate_point, 2),
     "index-crc": (m_index_crc, 2),
     "length-shift": (m_length_shift, 5),
     "length-change": (m_length_change, 4),

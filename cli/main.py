@@ -38,6 +38,12 @@ def user_errors(command):
     return wrapper
 
 
+def model_rate_point(model: Path | None, rate_point: int | None) -> int | None:
+    if rate_point is not None and model is None:
+        raise DQError("--rate-point needs --model (shipped models are chosen with --quality)")
+    return rate_point
+
+
 def read_bytes(path: Path) -> bytes:
     if not path.is_file():
         raise DQError(f"no such file: {path}")
@@ -86,11 +92,13 @@ def main():
 @click.option("-d", "--outdir", type=click.Path(path_type=Path), help="Output folder for several inputs.")
 @click.option("-q", "--quality", type=int, help="Quality level of a shipped model.")
 @click.option("--model", type=click.Path(path_type=Path), help="A model file (.safetensors).")
+@click.option("--rate-point", type=int, help="With --model: the rate point of a variable-rate model "
+              "(0 = lowest rate) [default: its highest].")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
 @user_errors
-def encode(inputs, output, outdir, quality, model, force):
+def encode(inputs, output, outdir, quality, model, rate_point, force):
     """Compress images to .dq files."""
-    codec = load_codec(quality, model)
+    codec = load_codec(quality, model, model_rate_point(model, rate_point))
     outputs = output_paths(inputs, output, outdir, ".dq")
 
     def work(src: Path, dst: Path) -> None:
@@ -138,7 +146,7 @@ def info(input):
     pixels = dq.width * dq.height
     click.echo(f"file:       {input} ({len(data)} bytes)")
     click.echo(f"image:      {dq.width}x{dq.height} {dq.mode}")
-    click.echo(f"model:      {dq.model_id.hex()} (quality {dq.quality or 'custom'})")
+    click.echo(f"model:      {dq.model_id.hex()} (quality {dq.quality or 'custom'}, rate point {dq.rate_point})")
     click.echo(f"payload:    top {len(dq.top)} B, bottom {len(dq.bottom)} B, alpha {len(dq.alpha)} B")
     click.echo(f"bpp:        {len(data) * 8 / pixels:.4f} (whole file, header included)")
 
@@ -148,6 +156,8 @@ def info(input):
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Evaluate this folder of images instead of downloading.")
 @click.option("-q", "--quality", type=int, help="One quality level (default: every shipped level).")
 @click.option("--model", type=click.Path(path_type=Path), help="A model file (.safetensors).")
+@click.option("--rate-point", type=int, help="With --model: one rate point of a variable-rate model "
+              "[default: every one].")
 @click.option("--compare", default="", help="Classic codecs to run on the same images: jpeg,webp,avif,heic,jxl.")
 @click.option("--published", is_flag=True, help="Add CompressAI's published Kodak curves to the plot.")
 @click.option("--published-dir", type=click.Path(path_type=Path), help="Folder of CompressAI result JSON files.")
@@ -156,7 +166,7 @@ def info(input):
 @click.option("-v", "--verbose", is_flag=True, help="Per-image tables for every level.")
 @click.option("--progress/--no-progress", default=True)
 @user_errors
-def eval_(dataset, data_dir, quality, model, compare, published, published_dir, plot_path,
+def eval_(dataset, data_dir, quality, model, rate_point, compare, published, published_dir, plot_path,
           json_path, verbose, progress):
     """Rate-distortion of dqcodec (and other codecs) on a dataset, from real bitstreams."""
     from dqcodec import baselines, evaluation, rd
@@ -164,8 +174,11 @@ def eval_(dataset, data_dir, quality, model, compare, published, published_dir, 
     from dqcodec.zoo import shipped_models
 
     paths = resolve_dataset(dataset, data_dir)
-    if model is not None or quality is not None:
-        codecs = [load_codec(quality, model)]
+    if model is not None and rate_point is None:
+        points = load_codec(path=model).model.config.rate_points
+        codecs = [load_codec(path=model, rate_point=p) for p in range(points)]
+    elif model is not None or quality is not None:
+        codecs = [load_codec(quality, model, model_rate_point(model, rate_point))]
     else:
         codecs = [load_codec(q) for q in shipped_models()] or [load_codec()]
     reports, curves = [], {"dqcodec": []}
@@ -173,9 +186,9 @@ def eval_(dataset, data_dir, quality, model, compare, published, published_dir, 
         results = evaluation.evaluate(codec, paths, progress=progress)
         summary = evaluation.report(codec, str(data_dir or dataset), results)
         reports.append(summary)
-        curves["dqcodec"].append(evaluation.curve_point(codec.quality, results))
+        curves["dqcodec"].append(evaluation.curve_point(codec.setting, results))
         if verbose or len(codecs) == 1:
-            click.echo(f"dqcodec quality {codec.quality} ({codec.model_id.hex()}):")
+            click.echo(f"dqcodec {codec.setting} ({codec.model_id.hex()}):")
             click.echo(format_table(summary))
     names = [n.strip().lower() for n in compare.split(",") if n.strip()]
     usable, missing = baselines.available_codecs(names)
@@ -253,6 +266,8 @@ def format_comparison(comparison: dict, names: list[str]) -> str:
 @click.option("--steps", type=int, default=20000, show_default=True)
 @click.option("--lr", type=float, default=3e-4, show_default=True)
 @click.option("--lambda", "lmbda", type=float, default=0.0067, show_default=True, help="Rate-distortion trade-off.")
+@click.option("--lambdas", help="A variable-rate model: one rate point per trade-off, e.g. "
+              "0.0005,0.005,0.05 (overrides --lambda; with --init, widens a single-rate model).")
 @click.option("--groups", type=int, default=96, show_default=True, help="DQ groups of the bottom level (1 = plain VQ).")
 @click.option("--codebook-size", type=int, default=64, show_default=True)
 @click.option("--width", type=int, default=128, show_default=True, help="Feature channels of the transforms.")
@@ -266,23 +281,31 @@ def format_comparison(comparison: dict, names: list[str]) -> str:
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: a CUDA GPU when PyTorch sees one (one per torchrun process), else the CPU.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="Arithmetic of the transforms while training; auto: bf16 where the hardware "
+              "supports it. The prior always trains in fp32.")
 @user_errors
-def train(data, out, steps, lr, lmbda, groups, codebook_size, width, init, rate_weight, stages,
-          warmup, resume, device):
+def train(data, out, steps, lr, lmbda, lambdas, groups, codebook_size, width, init, rate_weight, stages,
+          warmup, resume, device, precision):
     """Train a model (progressive crop sizes, resumable)."""
     import dataclasses
 
     from dqcodec.config import ModelConfig
-    from dqcodec.training import DEFAULT_STAGES, TrainOptions, parse_stages, train as run_training
+    from dqcodec.training import (DEFAULT_STAGES, TrainOptions, parse_lambdas, parse_stages,
+                                  train as run_training)
 
     base = ModelConfig()
     bottom = dataclasses.replace(base.bottom, groups=groups, codebook_size=codebook_size,
                                  slices=min(base.bottom.slices, groups))
+    points = parse_lambdas(lambdas) if lambdas else ()
     config = dataclasses.replace(base, lmbda=lmbda, bottom=bottom, width=width, prior_width=width,
-                                 rate_weight=base.rate_weight if rate_weight is None else rate_weight)
+                                 rate_weight=base.rate_weight if rate_weight is None else rate_weight,
+                                 lambdas=points)
     options = TrainOptions(data=data, out=out, steps=steps, lr=lr, config=config, init=init,
                            init_lmbda=lmbda if init else None,
+                           init_lambdas=points if init and points else None,
                            init_rate_weight=rate_weight if init else None, warmup=warmup, device=device,
+                           precision=precision,
                            stages=parse_stages(stages) if stages else DEFAULT_STAGES)
     best = run_training(options,
                         resume=resume, log=lambda m: click.echo(m, err=True))

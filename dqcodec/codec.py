@@ -49,23 +49,39 @@ class EncodeResult:
 
 
 class Codec:
-    def __init__(self, model: DQCodec, quality: int = 0, rate_weight: float | None = None):
+    def __init__(self, model: DQCodec, quality: int = 0, rate_weight: float | None = None,
+                 rate_point: int | None = None):
+        """rate_point: which rate point of a variable-rate model encodes (default the
+        highest); rate_weight: the assignment strength (default the trained one)."""
+        points = model.config.rate_points
+        if rate_point is None:
+            rate_point = points - 1
+        if not 0 <= rate_point < points:
+            raise DQError(f"rate point {rate_point} does not exist: the model has {points} (0-{points - 1})")
         self.model_id = zoo.model_id(model)
         self.model = model.eval().to(memory_format=torch.channels_last)
         self.quality = quality
         self.rate_weight = rate_weight
+        self.rate_point = rate_point
         self.stride = model.config.top_stride
+
+    @property
+    def setting(self) -> str:
+        """How this codec is named in tables: its quality level, or the model file's rate point."""
+        if self.quality:
+            return f"q{self.quality}"
+        return f"p{self.rate_point}" if self.model.config.rate_points > 1 else "model"
 
     @torch.inference_mode()
     def encode_image(self, image: Image.Image) -> EncodeResult:
         rgb, alpha, mode = split_alpha(image)
         x = pad_to_stride(to_tensor(rgb), self.stride)
         with fixed_threads():
-            out = self.model.compress(x, self.rate_weight)
+            out = self.model.compress(x, self.rate_weight, self.rate_point)
         top, bottom = out["strings"]
         alpha_bytes = zlib.compress(alpha.tobytes(), 9) if alpha is not None else b""
         crc = index_checksum(out["indices"]["top"], out["indices"]["bottom"])
-        dq = DQFile(mode, self.quality, self.model_id, rgb.width, rgb.height, top, bottom,
+        dq = DQFile(mode, self.quality, self.rate_point, self.model_id, rgb.width, rgb.height, top, bottom,
                     alpha_bytes, crc)
         return EncodeResult(dq.to_bytes(), out["information_bits"])
 
@@ -86,7 +102,7 @@ class Codec:
         alpha = alpha_plane(dq)
         try:
             with fixed_threads():
-                out = self.model.decompress([dq.top, dq.bottom], shape)
+                out = self.model.decompress([dq.top, dq.bottom], shape, dq.rate_point)
         except (ValueError, RuntimeError) as exc:
             raise DQError(f"cannot decode the .dq payload ({exc})") from None
         if index_checksum(out["indices"]["top"], out["indices"]["bottom"]) != dq.index_crc:
@@ -102,6 +118,9 @@ class Codec:
         if dq.model_id != self.model_id:
             raise DQError(f"file was encoded with model {dq.model_id.hex()} (quality {dq.quality}), "
                           f"not with this one ({self.model_id.hex()}); pass the matching --model")
+        if dq.rate_point >= self.model.config.rate_points:
+            raise DQError(f"corrupt .dq header: rate point {dq.rate_point}, but the model has "
+                          f"{self.model.config.rate_points}")
 
 
 def alpha_plane(dq: DQFile) -> Image.Image | None:
@@ -124,14 +143,14 @@ def alpha_plane(dq: DQFile) -> Image.Image | None:
 
 
 @lru_cache(maxsize=8)
-def _load(quality: int | None, path: str | None) -> Codec:
+def _load(quality: int | None, path: str | None, rate_point: int | None = None) -> Codec:
     if path is not None:
-        return Codec(zoo.read_model_file(Path(path)))
+        return Codec(zoo.read_model_file(Path(path)), rate_point=rate_point)
     levels = zoo.shipped_models()
     q = zoo.default_quality() if quality is None else quality
     if q not in levels:
         raise DQError(f"no model for quality {q} (available: {', '.join(map(str, levels)) or 'none'})")
-    return Codec(_read_weights(levels[q].weights), q, levels[q].rate_weight)
+    return Codec(_read_weights(levels[q].weights), q, levels[q].rate_weight, levels[q].rate_point)
 
 
 @lru_cache(maxsize=4)
@@ -140,8 +159,10 @@ def _read_weights(path: Path):
     return zoo.read_model_file(path)
 
 
-def load_codec(quality: int | None = None, path: str | Path | None = None) -> Codec:
-    return _load(quality, str(path) if path is not None else None)
+def load_codec(quality: int | None = None, path: str | Path | None = None,
+               rate_point: int | None = None) -> Codec:
+    """A shipped quality level, or a model file (at one of its rate points)."""
+    return _load(quality, str(path) if path is not None else None, rate_point)
 
 
 def codec_for_file(data: bytes, path: str | Path | None = None) -> Codec:

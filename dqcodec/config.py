@@ -36,10 +36,20 @@ class ModelConfig:
     lmbda: float = 0.0067  # rate-distortion trade-off used in training (MSE on 0..255 scale)
     linear_skip: bool = False  # block-linear paths beside the deep transforms (fast early training)
     rate_weight: float = 0.05  # entropy-constrained assignment: cost = |z-c|^2 + rate_weight * bits
+    # Variable rate: one lambda per rate point. With two or more, each point has its own
+    # latent gains and prior embedding and `lmbda` is unused; empty: one rate (lmbda).
+    lambdas: tuple[float, ...] = ()
 
     # bottom latent at stride 16, top latent at stride 64
     bottom_stride = 16
     top_stride = 64
+
+    @property
+    def rate_points(self) -> int:
+        return max(1, len(self.lambdas))
+
+    def point_lambdas(self) -> tuple[float, ...]:
+        return self.lambdas or (self.lmbda,)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -49,4 +59,5 @@ class ModelConfig:
         raw = json.loads(text)
         raw["bottom"] = LevelConfig(**raw["bottom"])
         raw["top"] = LevelConfig(**raw["top"])
+        raw["lambdas"] = tuple(raw.get("lambdas", ()))
         return cls(**raw)

@@ -14,7 +14,7 @@ from .errors import DQError
 MAGIC = b"\x89DQC"
 VERSION = 1
 MODES = ("RGB", "L", "RGBA", "LA")
-# after the magic: version, mode, quality, reserved, model id, width, height,
+# after the magic: version, mode, quality, rate point, model id, width, height,
 # top/bottom/alpha payload lengths, CRC32 of the decoded indices; then a CRC32 of
 # these fields and the payload
 _FIELDS = struct.Struct("<BBBB8sIIIIII")
@@ -30,6 +30,7 @@ class FormatError(DQError):
 class DQFile:
     mode: str
     quality: int  # 0 when encoded with a model outside the zoo
+    rate_point: int  # which rate point of a variable-rate model; 0 for single-rate models
     model_id: bytes
     width: int
     height: int
@@ -39,7 +40,7 @@ class DQFile:
     index_crc: int
 
     def to_bytes(self) -> bytes:
-        fields = _FIELDS.pack(VERSION, MODES.index(self.mode), self.quality, 0, self.model_id,
+        fields = _FIELDS.pack(VERSION, MODES.index(self.mode), self.quality, self.rate_point, self.model_id,
                               self.width, self.height, len(self.top), len(self.bottom),
                               len(self.alpha), self.index_crc)
         payload = self.top + self.bottom + self.alpha
@@ -52,7 +53,7 @@ class DQFile:
         if len(data) < HEADER_SIZE:
             raise FormatError("truncated .dq file (incomplete header)")
         fields = data[len(MAGIC) : HEADER_SIZE - _CRC.size]
-        (version, mode, quality, _, model_id, width, height, n_top, n_bottom, n_alpha,
+        (version, mode, quality, rate_point, model_id, width, height, n_top, n_bottom, n_alpha,
          index_crc) = _FIELDS.unpack(fields)
         (crc,) = _CRC.unpack_from(data, HEADER_SIZE - _CRC.size)
         if version != VERSION:
@@ -69,5 +70,5 @@ class DQFile:
             raise FormatError(f"corrupt .dq header (alpha data in a {MODES[mode]} file)")
         top_end = HEADER_SIZE + n_top
         bottom_end = top_end + n_bottom
-        return cls(MODES[mode], quality, model_id, width, height, data[HEADER_SIZE:top_end],
+        return cls(MODES[mode], quality, rate_point, model_id, width, height, data[HEADER_SIZE:top_end],
                    data[top_end:bottom_end], data[bottom_end:], index_crc)

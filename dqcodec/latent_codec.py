@@ -28,25 +28,27 @@ LOGIT_BUDGET = 1 << 22  # elements of the (rows, K, d) intermediate per block
 
 
 class DQLatentCodec(LatentCodec):
-    def __init__(self, level: LevelConfig, cond_channels: int, prior_width: int, rate_weight: float):
+    def __init__(self, level: LevelConfig, cond_channels: int, prior_width: int,
+                 rate_weight: float | Tensor, rate_points: int = 1):
         super().__init__()
         self.level = level
-        self.rate_weight = rate_weight
+        self.rate_weight = rate_weight  # a float, or one per sample (B,) while training
         self.quantizer = DepthwiseQuantizer(level.channels, level.groups, level.codebook_size)
         self.prior = CodePrior(cond_channels, level.channels, level.groups, level.codebook_size,
-                               level.slices, prior_width)
+                               level.slices, prior_width, rate_points)
 
     def _row_blocks(self, batch: int, height: int, width: int) -> list[slice]:
         per_row = batch * self.prior.groups_per_slice * width * self.level.codebook_size * self.quantizer.dim
         rows = max(1, LOGIT_BUDGET // per_row)
         return [slice(r, min(r + rows, height)) for r in range(0, height, rows)]
 
-    def _run_passes(self, cond: Tensor, choose: Chooser, straight_through: Tensor | None = None):
+    def _run_passes(self, cond: Tensor, point: Tensor, choose: Chooser,
+                    straight_through: Tensor | None = None):
         """Walk the pass schedule; returns y_hat, indices and (when training, i.e. with
         straight_through) the logits each index was coded with. Each pass computes
         logits only at the positions it codes (half of a checkerboard)."""
         b, _, h, w = cond.shape
-        cond_features = self.prior.condition(cond)
+        cond_features = self.prior.condition(cond, point)
         anchors = checkerboard(h, w, cond.device)
         y_hat = cond.new_zeros(b, self.level.channels, h, w)
         indices = torch.zeros(b, self.level.groups, h, w, dtype=torch.long, device=cond.device)
@@ -75,8 +77,9 @@ class DQLatentCodec(LatentCodec):
             indices[:, groups] = torch.where(positions, chosen, indices[:, groups])
         return y_hat, indices, all_logits
 
-    def _assigner(self, z: Tensor, rate_weight: float | None = None) -> Chooser:
+    def _assigner(self, z: Tensor, rate_weight: float | Tensor | None = None) -> Chooser:
         weight = self.rate_weight if rate_weight is None else rate_weight
+        weight = torch.as_tensor(weight, dtype=z.dtype, device=z.device).reshape(-1, 1, 1, 1)
         vectors = self.quantizer.split(z.detach())  # (B, G, H, W, d)
 
         def choose(p: Pass, groups: slice, logits: Tensor, rows: slice, mask: Tensor) -> Tensor:
@@ -85,8 +88,14 @@ class DQLatentCodec(LatentCodec):
 
         return choose
 
-    def forward(self, z: Tensor, cond: Tensor) -> dict:
-        y_hat, indices, all_logits = self._run_passes(cond, self._assigner(z), straight_through=z)
+    def forward(self, z: Tensor, cond: Tensor, point: Tensor) -> dict:
+        # The prior's probabilities need fp32 even when the transforms train in bf16.
+        with torch.autocast(z.device.type, enabled=False):
+            return self._forward(z.float(), cond.float(), point)
+
+    def _forward(self, z: Tensor, cond: Tensor, point: Tensor) -> dict:
+        y_hat, indices, all_logits = self._run_passes(cond, point, self._assigner(z),
+                                                      straight_through=z)
         bits = z.new_zeros(())
         for groups, rows, mask, logits in all_logits:
             bits = bits + code_bits(logits, indices[:, groups, rows][:, :, mask]).sum()
@@ -97,7 +106,7 @@ class DQLatentCodec(LatentCodec):
         return {"y_hat": y_hat, "bits": bits, "indices": indices, "commitment": commitment}
 
     @torch.no_grad()
-    def compress(self, z: Tensor, cond: Tensor, rate_weight: float | None = None) -> dict:
+    def compress(self, z: Tensor, cond: Tensor, point: Tensor, rate_weight: float | None = None) -> dict:
         """rate_weight overrides the trained assignment strength: the decoder does not
         depend on it, so one model serves several rates."""
         encoder = IndexEncoder()
@@ -108,16 +117,16 @@ class DQLatentCodec(LatentCodec):
             encoder.encode(chosen, logits)
             return chosen
 
-        y_hat, indices, _ = self._run_passes(cond, choose)
+        y_hat, indices, _ = self._run_passes(cond, point, choose)
         return {"string": encoder.finish(), "y_hat": y_hat, "indices": indices,
                 "information_bits": encoder.information_bits}
 
     @torch.no_grad()
-    def decompress(self, string: bytes, cond: Tensor) -> dict:
+    def decompress(self, string: bytes, cond: Tensor, point: Tensor) -> dict:
         decoder = IndexDecoder(string)
 
         def choose(p: Pass, groups: slice, logits: Tensor, rows: slice, mask: Tensor) -> Tensor:
             return decoder.decode(logits)
 
-        y_hat, indices, _ = self._run_passes(cond, choose)
+        y_hat, indices, _ = self._run_passes(cond, point, choose)
         return {"y_hat": y_hat, "indices": indices}

@@ -52,8 +52,15 @@ class DQCodec(CompressionModel):
             s = config.bottom_stride
             self.skip_a = nn.Conv2d(3, n, s, stride=s)
             self.skip_s = nn.ConvTranspose2d(config.bottom.channels + n, 3, s, stride=s)
-        self.top = DQLatentCodec(config.top, 1, config.prior_width, config.rate_weight)
-        self.bottom = DQLatentCodec(config.bottom, n, config.prior_width, config.rate_weight)
+        points = config.rate_points
+        self.top = DQLatentCodec(config.top, 1, config.prior_width, config.rate_weight, points)
+        self.bottom = DQLatentCodec(config.bottom, n, config.prior_width, config.rate_weight, points)
+        if points > 1:
+            # Per rate point and channel, the latent is scaled by exp(gain) before it is
+            # snapped to the (shared) codebooks and scaled back after: a smaller gain makes
+            # the codebook relatively coarser, so fewer bits (Cui et al., CVPR 2021).
+            self.top_gain = nn.Parameter(torch.zeros(points, config.top.channels))
+            self.bottom_gain = nn.Parameter(torch.zeros(points, config.bottom.channels))
 
     def analyse(self, x: Tensor) -> Tensor:
         h = self.g_a(x)
@@ -67,14 +74,39 @@ class DQCodec(CompressionModel):
     def _unconditioned(z: Tensor) -> Tensor:
         return z.new_ones(z.shape[0], 1, z.shape[2], z.shape[3])
 
-    def forward(self, x: Tensor) -> dict:
+    def _gain(self, level: str, point: Tensor) -> Tensor | None:
+        """(B, C, 1, 1) gains of each sample's rate point; None for a single-rate model."""
+        if self.config.rate_points == 1:
+            return None
+        return getattr(self, f"{level}_gain")[point].exp()[:, :, None, None]
+
+    @staticmethod
+    def _scaled(z: Tensor, gain: Tensor | None) -> Tensor:
+        return z if gain is None else z * gain
+
+    @staticmethod
+    def _unscaled(y: Tensor, gain: Tensor | None) -> Tensor:
+        return y if gain is None else y / gain
+
+    def _points(self, batch: int, point: Tensor | int | None, device) -> Tensor:
+        if point is None:
+            point = self.config.rate_points - 1
+        point = torch.as_tensor(point, dtype=torch.long, device=device).reshape(-1)
+        if int(point.min()) < 0 or int(point.max()) >= self.config.rate_points:
+            raise ValueError(f"rate point out of range: the model has {self.config.rate_points}")
+        return point.expand(batch) if point.numel() == 1 else point
+
+    def forward(self, x: Tensor, point: Tensor | int | None = None) -> dict:
+        """point: rate point of each sample (B,) or of all; default the highest."""
+        point = self._points(x.shape[0], point, x.device)
+        top_gain, bottom_gain = self._gain("top", point), self._gain("bottom", point)
         h = self.analyse(x)
-        t = self.top_a(h)
-        top = self.top(t, self._unconditioned(t))
-        cond = self.top_s(top["y_hat"])
-        z = self.bottom_a(torch.cat([h, cond], 1))
-        bottom = self.bottom(z, cond)
-        x_hat = self.synthesise(torch.cat([bottom["y_hat"], cond], 1))
+        t = self._scaled(self.top_a(h), top_gain)
+        top = self.top(t, self._unconditioned(t), point)
+        cond = self.top_s(self._unscaled(top["y_hat"], top_gain))
+        z = self._scaled(self.bottom_a(torch.cat([h, cond], 1)), bottom_gain)
+        bottom = self.bottom(z, cond, point)
+        x_hat = self.synthesise(torch.cat([self._unscaled(bottom["y_hat"], bottom_gain), cond], 1))
         return {
             "x_hat": x_hat,
             "bits": {"top": top["bits"], "bottom": bottom["bits"]},
@@ -83,13 +115,16 @@ class DQCodec(CompressionModel):
         }
 
     @torch.no_grad()
-    def compress(self, x: Tensor, rate_weight: float | None = None) -> dict:
+    def compress(self, x: Tensor, rate_weight: float | None = None, point: int | None = None) -> dict:
+        point = self._points(1, point, x.device)
+        top_gain, bottom_gain = self._gain("top", point), self._gain("bottom", point)
         x = x.contiguous(memory_format=torch.channels_last)  # faster CPU convolutions
         h = tiled_analysis(self.analyse, x, stride=self.config.bottom_stride)
-        t = self.top_a(h)
-        top = self.top.compress(t, self._unconditioned(t), rate_weight)
-        cond = self.top_s(top["y_hat"])
-        bottom = self.bottom.compress(self.bottom_a(torch.cat([h, cond], 1)), cond, rate_weight)
+        t = self._scaled(self.top_a(h), top_gain)
+        top = self.top.compress(t, self._unconditioned(t), point, rate_weight)
+        cond = self.top_s(self._unscaled(top["y_hat"], top_gain))
+        z = self._scaled(self.bottom_a(torch.cat([h, cond], 1)), bottom_gain)
+        bottom = self.bottom.compress(z, cond, point, rate_weight)
         return {
             "strings": [top["string"], bottom["string"]],
             "shape": tuple(t.shape[-2:]),
@@ -98,12 +133,15 @@ class DQCodec(CompressionModel):
         }
 
     @torch.no_grad()
-    def decompress(self, strings: list[bytes], shape: tuple[int, int]) -> dict:
+    def decompress(self, strings: list[bytes], shape: tuple[int, int], point: int | None = None) -> dict:
+        point = self._points(1, point, None)
+        top_gain, bottom_gain = self._gain("top", point), self._gain("bottom", point)
         ones = torch.ones(1, 1, *shape)
-        top = self.top.decompress(strings[0], ones)
-        cond = self.top_s(top["y_hat"])
-        bottom = self.bottom.decompress(strings[1], cond)
-        y = torch.cat([bottom["y_hat"], cond], 1).contiguous(memory_format=torch.channels_last)
+        top = self.top.decompress(strings[0], ones, point)
+        cond = self.top_s(self._unscaled(top["y_hat"], top_gain))
+        bottom = self.bottom.decompress(strings[1], cond, point)
+        y = torch.cat([self._unscaled(bottom["y_hat"], bottom_gain), cond], 1)
+        y = y.contiguous(memory_format=torch.channels_last)
         x_hat = tiled_synthesis(self.synthesise, y, stride=self.config.bottom_stride)
         return {"x_hat": x_hat.clamp_(0, 1),
                 "indices": {"top": top["indices"], "bottom": bottom["indices"]}}

@@ -65,7 +65,7 @@ class CodePrior(nn.Module):
     geometry lets it learn as fast as a Gaussian conditional."""
 
     def __init__(self, cond_channels: int, channels: int, groups: int, codebook_size: int,
-                 slices: int, width: int):
+                 slices: int, width: int, rate_points: int = 1):
         super().__init__()
         self.groups_per_slice = groups // slices
         self.dim = channels // groups
@@ -79,10 +79,15 @@ class CodePrior(nn.Module):
         )
         self.code_bias = nn.Parameter(torch.zeros(groups, codebook_size))
         self.slice_channels = slice_channels
+        # a variable-rate model tells the prior which rate point each sample is coded at
+        self.point_embedding = nn.Parameter(torch.zeros(rate_points, width)) if rate_points > 1 else None
 
-    def condition(self, cond: Tensor) -> Tensor:
+    def condition(self, cond: Tensor, point: Tensor) -> Tensor:
         """Features of the conditioning input, shared by all passes of a level."""
-        return self.cond_trunk(cond)
+        features = self.cond_trunk(cond)
+        if self.point_embedding is None:
+            return features
+        return features + self.point_embedding[point][:, :, None, None]
 
     def group_slice(self, s: int) -> slice:
         return slice(s * self.groups_per_slice, (s + 1) * self.groups_per_slice)

@@ -57,11 +57,11 @@ class DepthwiseQuantizer(nn.Module):
         cross = torch.einsum("bgnd,gkd->bgnk", v, codes)
         return codes.pow(2).sum(-1)[None, :, None] - 2 * cross
 
-    def assign(self, v: Tensor, groups: slice, bits: Tensor | None, rate_weight: float) -> Tensor:
+    def assign(self, v: Tensor, groups: slice, bits: Tensor | None, rate_weight: Tensor) -> Tensor:
         """Entropy-constrained assignment of group vectors v (B, G', n, d):
-        argmin |v - c_k|^2 + rate_weight * bits_k."""
+        argmin |v - c_k|^2 + rate_weight * bits_k, rate_weight broadcast as (B or 1, 1, 1, 1)."""
         cost = self.distances(v, groups)
-        if bits is not None and rate_weight > 0:
+        if bits is not None and bool((rate_weight > 0).any()):
             cost = cost + rate_weight * bits
         return cost.argmin(-1)
 
@@ -97,7 +97,7 @@ class DepthwiseQuantizer(nn.Module):
         n_dead = int(dead.sum())
         if n_dead == 0:
             return 0
-        v = self.split(z.detach()).permute(1, 0, 2, 3, 4).reshape(self.groups, -1, self.dim)
+        v = self.split(z.detach().float()).permute(1, 0, 2, 3, 4).reshape(self.groups, -1, self.dim)
         pick = torch.randint(0, v.shape[1], (self.groups, self.codebook_size), device=z.device)
         samples = torch.gather(v, 1, pick.unsqueeze(-1).expand(-1, -1, self.dim))
         samples = samples + 0.01 * torch.randn_like(samples)

@@ -31,6 +31,7 @@ class Level:
 
     weights: Path
     rate_weight: float | None  # None: the strength the model was trained with
+    rate_point: int | None = None  # of a variable-rate model; None: its highest
 
 
 def _manifest() -> dict:
@@ -43,7 +44,8 @@ def shipped_models() -> dict[int, Level]:
     """Quality level -> Level, from models/zoo.json."""
     folder = resources.files(WEIGHTS_PACKAGE)
     levels = _manifest().get("levels", {})
-    return {int(q): Level(Path(str(folder / entry["weights"])), entry.get("rate_weight"))
+    return {int(q): Level(Path(str(folder / entry["weights"])), entry.get("rate_weight"),
+                          entry.get("rate_point"))
             for q, entry in sorted(levels.items(), key=lambda kv: int(kv[0]))}
 
 
