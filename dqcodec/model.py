@@ -59,8 +59,11 @@ class DQCodec(CompressionModel):
             # Per rate point and channel, the latent is scaled by exp(gain) before it is
             # snapped to the (shared) codebooks and scaled back after: a smaller gain makes
             # the codebook relatively coarser, so fewer bits (Cui et al., CVPR 2021).
-            self.top_gain = nn.Parameter(torch.zeros(points, config.top.channels))
-            self.bottom_gain = nn.Parameter(torch.zeros(points, config.bottom.channels))
+            # Training keeps the gains where they start: the fourth root of lambda relative
+            # to the highest point's (see training.make_optimizer).
+            start = 0.25 * torch.log(torch.tensor(config.lambdas) / max(config.lambdas))[:, None]
+            self.top_gain = nn.Parameter(start.repeat(1, config.top.channels))
+            self.bottom_gain = nn.Parameter(start.repeat(1, config.bottom.channels))
 
     def analyse(self, x: Tensor) -> Tensor:
         h = self.g_a(x)

@@ -254,6 +254,9 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
     config = model.config
     model.to(device)
     optimizer = make_optimizer(model, opts.lr)
+    for name, parameter in model.named_parameters():
+        if name.endswith("_gain"):
+            parameter.requires_grad_(False)
     step, best = 0, None
     if state:
         model.load_state_dict(state["model"])
@@ -327,8 +330,8 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
 
 def initialised_model(opts: TrainOptions) -> DQCodec:
     """A model file's weights, retargeted to the options' trade-off(s). A single-rate model
-    made variable-rate starts every point from its weights, with gains that shrink the
-    latent as the fourth root of lambda (found by training after that)."""
+    made variable-rate starts every point from its weights, with the new model's gains and
+    zero prior embeddings."""
     model = read_model_file(opts.init)
     config = model.config
     if opts.init_lmbda is not None:
@@ -342,32 +345,26 @@ def initialised_model(opts: TrainOptions) -> DQCodec:
         widened = DQCodec(config)
         missing, unexpected = widened.load_state_dict(model.state_dict(), strict=False)
         assert not unexpected and all("gain" in k or "point_embedding" in k for k in missing)
-        reference = max(config.lambdas)
-        with torch.no_grad():
-            for gain in (widened.top_gain, widened.bottom_gain):
-                for p, lmbda in enumerate(config.lambdas):
-                    gain[p] = 0.25 * math.log(lmbda / reference)
         model = widened
     model.config = config
     model.top.rate_weight = model.bottom.rate_weight = config.rate_weight
     return model.train()
 
 
-# The rate points' gains and prior embeddings are few, start far from their optimum (a
-# widened model's start at zero) and are shared by no other point: they learn faster.
+# The rate points' prior embeddings are few, start at zero and are shared by no other point:
+# they learn faster.
 RATE_PARAM_LR_SCALE = 10.0
 
 
-def is_rate_parameter(name: str) -> bool:
-    return name.endswith("_gain") or name.endswith("point_embedding")
-
-
 def make_optimizer(model: DQCodec, lr: float) -> torch.optim.Optimizer:
-    named = list(model.named_parameters())
-    groups = [{"params": [p for n, p in named if not is_rate_parameter(n)], "lr_scale": 1.0}]
-    rate = [p for n, p in named if is_rate_parameter(n)]
-    if rate:
-        groups.append({"params": rate, "lr_scale": RATE_PARAM_LR_SCALE})
+    """Adam over everything but the rate points' gains, which stay where they were set: the
+    index rate gives the latent (and so the gains) no gradient, so distortion alone would
+    push every gain up until the rate points merge (measured: docs/training.md)."""
+    named = [(n, p) for n, p in model.named_parameters() if not n.endswith("_gain")]
+    groups = [{"params": [p for n, p in named if "point_embedding" not in n], "lr_scale": 1.0}]
+    embeddings = [p for n, p in named if "point_embedding" in n]
+    if embeddings:
+        groups.append({"params": embeddings, "lr_scale": RATE_PARAM_LR_SCALE})
     return torch.optim.Adam(groups, lr=lr)
 
 

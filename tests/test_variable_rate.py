@@ -9,6 +9,7 @@ import torch
 from dqcodec.codec import Codec, load_codec
 from dqcodec.container import DQFile
 from dqcodec.errors import DQError
+from dqcodec.model import DQCodec
 from dqcodec.image_io import to_tensor
 from dqcodec.model import pad_to_stride
 from dqcodec.training import TrainOptions, initialised_model, parse_lambdas
@@ -133,3 +134,18 @@ def test_bf16_training_precision_is_resolved_or_refused():
     assert resolve_autocast("bf16", torch.device("cpu")) is True
     with pytest.raises(DQError, match="unknown precision"):
         resolve_autocast("fp8", torch.device("cpu"))
+
+
+def test_training_leaves_the_gains_where_they_start(tmp_path, training_photos):
+    from dqcodec.training import model_from_checkpoint, train
+    from dqcodec.testing import TINY
+
+    config = dataclasses.replace(TINY, lambdas=(0.001, 0.016))
+    opts = TrainOptions(data=training_photos, out=tmp_path / "run", steps=3, config=config,
+                        warmup=1, val_every=3, checkpoint_every=3)
+    train(opts, log=lambda m: None)
+    trained = model_from_checkpoint(tmp_path / "run" / "best.pt")
+    fresh = DQCodec(config)
+    assert torch.equal(trained.bottom_gain, fresh.bottom_gain)
+    assert torch.allclose(fresh.bottom_gain.exp()[0], torch.full((8,), 0.5))  # (1/16)^(1/4)
+    assert not torch.equal(trained.bottom.prior.point_embedding, fresh.bottom.prior.point_embedding)
