@@ -64,7 +64,7 @@ class DQLatentCodec(LatentCodec):
                 mask = positions[rows]
                 logits = self.prior.code_logits(s, mean[:, :, rows][:, :, mask],
                                                 log_scale[:, :, rows][:, :, mask],
-                                                self.quantizer.codebooks)
+                                                self.quantizer.codebooks, point)
                 chosen[:, :, rows][:, :, mask] = choose(p, groups, logits, rows, mask)
                 if straight_through is not None:
                     all_logits.append((groups, rows, mask, logits))

@@ -77,7 +77,10 @@ class CodePrior(nn.Module):
                          2 * self.groups_per_slice * self.dim)
             for s in range(slices)
         )
-        self.code_bias = nn.Parameter(torch.zeros(groups, codebook_size))
+        # a variable-rate model has a bias per rate point: how peaked each group's marginal
+        # is depends on how coarsely the point quantizes
+        bias_shape = (rate_points, groups, codebook_size) if rate_points > 1 else (groups, codebook_size)
+        self.code_bias = nn.Parameter(torch.zeros(bias_shape))
         self.slice_channels = slice_channels
         # a variable-rate model tells the prior which rate point each sample is coded at
         self.point_embedding = nn.Parameter(torch.zeros(rate_points, width)) if rate_points > 1 else None
@@ -104,7 +107,8 @@ class CodePrior(nn.Module):
         params = params.reshape(b, self.groups_per_slice, 2, self.dim, h, w).permute(0, 1, 4, 5, 2, 3)
         return params[..., 0, :], params[..., 1, :].clamp(-4.0, 4.0)
 
-    def code_logits(self, s: int, mean: Tensor, log_scale: Tensor, codebooks: Tensor) -> Tensor:
+    def code_logits(self, s: int, mean: Tensor, log_scale: Tensor, codebooks: Tensor,
+                    point: Tensor) -> Tensor:
         """Logits (B, G_s, n, K) over each group's codes from mean and log-scale (B, G_s, n, d).
 
         -0.5 |(c - m) / sigma|^2 expanded as a small matmul of (1/sigma^2, -2m/sigma^2)
@@ -115,4 +119,8 @@ class CodePrior(nn.Module):
         features = torch.cat([precision, -2 * mean * precision], -1)
         code_features = torch.cat([codes.pow(2), codes], -1)
         quadratic = torch.einsum("bgne,gke->bgnk", features, code_features)
-        return self.code_bias[self.group_slice(s)][None, :, None] - 0.5 * quadratic
+        if self.code_bias.dim() == 3:
+            bias = self.code_bias[point][:, self.group_slice(s), None]
+        else:
+            bias = self.code_bias[self.group_slice(s)][None, :, None]
+        return bias - 0.5 * quadratic

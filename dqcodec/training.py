@@ -343,7 +343,11 @@ def initialised_model(opts: TrainOptions) -> DQCodec:
             raise DQError("--init: the model is already variable-rate; keep its lambdas")
         config = dataclasses.replace(config, lambdas=tuple(opts.init_lambdas))
         widened = DQCodec(config)
-        missing, unexpected = widened.load_state_dict(model.state_dict(), strict=False)
+        state = model.state_dict()
+        for level in ("top", "bottom"):  # every point starts from the single rate's code bias
+            key = f"{level}.prior.code_bias"
+            state[key] = state[key].expand_as(widened.state_dict()[key]).clone()
+        missing, unexpected = widened.load_state_dict(state, strict=False)
         assert not unexpected and all("gain" in k or "point_embedding" in k for k in missing)
         model = widened
     model.config = config
@@ -351,8 +355,8 @@ def initialised_model(opts: TrainOptions) -> DQCodec:
     return model.train()
 
 
-# The rate points' prior embeddings are few, start at zero and are shared by no other point:
-# they learn faster.
+# The rate points' own prior parameters (embeddings, code biases) are few and are shared by
+# no other point: they learn faster.
 RATE_PARAM_LR_SCALE = 10.0
 
 
@@ -360,11 +364,14 @@ def make_optimizer(model: DQCodec, lr: float) -> torch.optim.Optimizer:
     """Adam over everything but the rate points' gains, which stay where they were set: the
     index rate gives the latent (and so the gains) no gradient, so distortion alone would
     push every gain up until the rate points merge (measured: docs/training.md)."""
+    def per_point(name: str, parameter: Tensor) -> bool:
+        return "point_embedding" in name or (name.endswith("code_bias") and parameter.dim() == 3)
+
     named = [(n, p) for n, p in model.named_parameters() if not n.endswith("_gain")]
-    groups = [{"params": [p for n, p in named if "point_embedding" not in n], "lr_scale": 1.0}]
-    embeddings = [p for n, p in named if "point_embedding" in n]
-    if embeddings:
-        groups.append({"params": embeddings, "lr_scale": RATE_PARAM_LR_SCALE})
+    groups = [{"params": [p for n, p in named if not per_point(n, p)], "lr_scale": 1.0}]
+    rate = [p for n, p in named if per_point(n, p)]
+    if rate:
+        groups.append({"params": rate, "lr_scale": RATE_PARAM_LR_SCALE})
     return torch.optim.Adam(groups, lr=lr)
 
 

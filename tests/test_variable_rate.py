@@ -86,6 +86,9 @@ def test_widening_a_single_rate_model_keeps_its_highest_point(tmp_path):
     gains = widened.bottom_gain.detach().exp()
     assert torch.allclose(gains[0], torch.full_like(gains[0], 0.1 ** 0.25))
     assert torch.equal(gains[1], torch.ones_like(gains[1]))
+    for level in (widened.top, widened.bottom):  # one code bias per point, each the source's
+        assert level.prior.code_bias.shape[0] == 2
+    assert torch.equal(widened.bottom.prior.code_bias[0], source.bottom.prior.code_bias)
     x = torch.rand(1, 3, 64, 64)
     widened.eval()
     with torch.no_grad():
