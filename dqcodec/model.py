@@ -59,11 +59,12 @@ class DQCodec(CompressionModel):
             # Per rate point and channel, the latent is scaled by exp(gain) before it is
             # snapped to the (shared) codebooks and scaled back after: a smaller gain makes
             # the codebook relatively coarser, so fewer bits (Cui et al., CVPR 2021).
-            # Training keeps the gains where they start: the fourth root of lambda relative
-            # to the highest point's (see training.make_optimizer).
+            # The gains are constants, the fourth root of lambda relative to the highest
+            # point's (natural-log values): the index rate gives the latent no gradient, so
+            # learned gains only hear the distortion and grow until the points merge.
             start = 0.25 * torch.log(torch.tensor(config.lambdas) / max(config.lambdas))[:, None]
-            self.top_gain = nn.Parameter(start.repeat(1, config.top.channels))
-            self.bottom_gain = nn.Parameter(start.repeat(1, config.bottom.channels))
+            self.register_buffer("top_gain", start.repeat(1, config.top.channels))
+            self.register_buffer("bottom_gain", start.repeat(1, config.bottom.channels))
 
     def analyse(self, x: Tensor) -> Tensor:
         h = self.g_a(x)

@@ -254,9 +254,6 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
     config = model.config
     model.to(device)
     optimizer = make_optimizer(model, opts.lr)
-    for name, parameter in model.named_parameters():
-        if name.endswith("_gain"):
-            parameter.requires_grad_(False)
     step, best = 0, None
     if state:
         model.load_state_dict(state["model"])
@@ -315,8 +312,8 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
         if rank == 0 and (step % opts.val_every == 0 or step == opts.steps) and val_images:
             v = validate(model, val_images)
             score = validation_score(v)
-            points = " | ".join(f"bpp {p['bpp']:.4f} psnr {p['psnr']:.2f}" for p in v)
-            log(f"step {step}: val {points} "
+            summary = " | ".join(f"bpp {p['bpp']:.4f} psnr {p['psnr']:.2f}" for p in v)
+            log(f"step {step}: val {summary} "
                 f"({(time.time() - t0) / 60:.1f} min for {step - start_step} steps)")
             if best is None or score < best:
                 best = score
@@ -361,13 +358,10 @@ RATE_PARAM_LR_SCALE = 10.0
 
 
 def make_optimizer(model: DQCodec, lr: float) -> torch.optim.Optimizer:
-    """Adam over everything but the rate points' gains, which stay where they were set: the
-    index rate gives the latent (and so the gains) no gradient, so distortion alone would
-    push every gain up until the rate points merge (measured: docs/training.md)."""
     def per_point(name: str, parameter: Tensor) -> bool:
         return "point_embedding" in name or (name.endswith("code_bias") and parameter.dim() == 3)
 
-    named = [(n, p) for n, p in model.named_parameters() if not n.endswith("_gain")]
+    named = list(model.named_parameters())
     groups = [{"params": [p for n, p in named if not per_point(n, p)], "lr_scale": 1.0}]
     rate = [p for n, p in named if per_point(n, p)]
     if rate:
