@@ -222,7 +222,7 @@ def forge_streams(codec: Codec, width: int, height: int, bottom: bool = True) ->
     if not bottom:
         _FORGED[key] = (top, b"", 0)
     else:
-        cond = model.top_s(model._unscaled(y_top, model._gain("top", point)))
+        cond = model.condition_from_top(y_top, point)
         bot, _, i_bottom = run(model.bottom, cond)
         _FORGED[key] = (top, bot, index_checksum(i_top, i_bottom))
     return _FORGED[key]

@@ -145,7 +145,7 @@ def alpha_plane(dq: DQFile) -> Image.Image | None:
 @lru_cache(maxsize=8)
 def _load(quality: int | None, path: str | None, rate_point: int | None = None) -> Codec:
     if path is not None:
-        return Codec(zoo.read_model_file(Path(path)), rate_point=rate_point)
+        return Codec(_read_weights(Path(path)), rate_point=rate_point)
     levels = zoo.shipped_models()
     q = zoo.default_quality() if quality is None else quality
     if q not in levels:
@@ -155,7 +155,8 @@ def _load(quality: int | None, path: str | None, rate_point: int | None = None) 
 
 @lru_cache(maxsize=4)
 def _read_weights(path: Path):
-    """Quality levels that share a weights file share one loaded model."""
+    """Quality levels (or rate points of one model file) that share a weights file share one
+    loaded model."""
     return zoo.read_model_file(path)
 
 

@@ -93,12 +93,15 @@ class DQCodec(CompressionModel):
         return y if gain is None else y / gain
 
     def _points(self, batch: int, point: Tensor | int | None, device) -> Tensor:
+        """(B,) rate points; the caller (Codec, training) has checked they exist."""
         if point is None:
             point = self.config.rate_points - 1
         point = torch.as_tensor(point, dtype=torch.long, device=device).reshape(-1)
-        if int(point.min()) < 0 or int(point.max()) >= self.config.rate_points:
-            raise ValueError(f"rate point out of range: the model has {self.config.rate_points}")
         return point.expand(batch) if point.numel() == 1 else point
+
+    def condition_from_top(self, top_y_hat: Tensor, point: Tensor) -> Tensor:
+        """The decoded top level's features, which condition everything at the bottom."""
+        return self.top_s(self._unscaled(top_y_hat, self._gain("top", point)))
 
     def forward(self, x: Tensor, point: Tensor | int | None = None) -> dict:
         """point: rate point of each sample (B,) or of all; default the highest."""
@@ -107,7 +110,7 @@ class DQCodec(CompressionModel):
         h = self.analyse(x)
         t = self._scaled(self.top_a(h), top_gain)
         top = self.top(t, self._unconditioned(t), point)
-        cond = self.top_s(self._unscaled(top["y_hat"], top_gain))
+        cond = self.condition_from_top(top["y_hat"], point)
         z = self._scaled(self.bottom_a(torch.cat([h, cond], 1)), bottom_gain)
         bottom = self.bottom(z, cond, point)
         x_hat = self.synthesise(torch.cat([self._unscaled(bottom["y_hat"], bottom_gain), cond], 1))
@@ -126,7 +129,7 @@ class DQCodec(CompressionModel):
         h = tiled_analysis(self.analyse, x, stride=self.config.bottom_stride)
         t = self._scaled(self.top_a(h), top_gain)
         top = self.top.compress(t, self._unconditioned(t), point, rate_weight)
-        cond = self.top_s(self._unscaled(top["y_hat"], top_gain))
+        cond = self.condition_from_top(top["y_hat"], point)
         z = self._scaled(self.bottom_a(torch.cat([h, cond], 1)), bottom_gain)
         bottom = self.bottom.compress(z, cond, point, rate_weight)
         return {
@@ -139,12 +142,11 @@ class DQCodec(CompressionModel):
     @torch.no_grad()
     def decompress(self, strings: list[bytes], shape: tuple[int, int], point: int | None = None) -> dict:
         point = self._points(1, point, None)
-        top_gain, bottom_gain = self._gain("top", point), self._gain("bottom", point)
         ones = torch.ones(1, 1, *shape)
         top = self.top.decompress(strings[0], ones, point)
-        cond = self.top_s(self._unscaled(top["y_hat"], top_gain))
+        cond = self.condition_from_top(top["y_hat"], point)
         bottom = self.bottom.decompress(strings[1], cond, point)
-        y = torch.cat([self._unscaled(bottom["y_hat"], bottom_gain), cond], 1)
+        y = torch.cat([self._unscaled(bottom["y_hat"], self._gain("bottom", point)), cond], 1)
         y = y.contiguous(memory_format=torch.channels_last)
         x_hat = tiled_synthesis(self.synthesise, y, stride=self.config.bottom_stride)
         return {"x_hat": x_hat.clamp_(0, 1),

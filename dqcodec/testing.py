@@ -19,9 +19,9 @@ TINY = ModelConfig(
 )
 
 
-def tiny_model(seed: int = 0) -> DQCodec:
+def tiny_model(seed: int = 0, config: ModelConfig = TINY) -> DQCodec:
     torch.manual_seed(seed)
-    model = DQCodec(TINY)
+    model = DQCodec(config)
     with torch.no_grad():  # spread latents over several codes so the prior has work to do
         model.bottom_a.weight.mul_(20)
         model.top_a[-1].weight.mul_(20)
@@ -30,11 +30,8 @@ def tiny_model(seed: int = 0) -> DQCodec:
 
 def tiny_variable_rate_model(seed: int = 0, lambdas=(0.001, 0.01, 0.1)) -> DQCodec:
     """A tiny model with three rate points whose gains differ (lowest rate first)."""
-    torch.manual_seed(seed)
-    model = DQCodec(dataclasses.replace(TINY, lambdas=tuple(lambdas)))
+    model = tiny_model(seed, dataclasses.replace(TINY, lambdas=tuple(lambdas)))
     with torch.no_grad():
-        model.bottom_a.weight.mul_(20)
-        model.top_a[-1].weight.mul_(20)
         steps = torch.linspace(-1.5, 0.0, len(lambdas))[:, None]
         model.bottom_gain.copy_(steps.expand_as(model.bottom_gain))
         model.top_gain.copy_(steps.expand_as(model.top_gain))
