@@ -112,6 +112,7 @@ class CropSampler:
         self.rng = rng
 
     def batch(self, crop: int, size: int) -> Tensor:
+        """uint8 (B, 3, crop, crop): the caller moves it to its device before making it float."""
         usable = [im for im in self.images if min(im.shape[1:]) >= crop]
         if not usable:
             raise DQError(f"no training image is at least {crop}x{crop} pixels")
@@ -124,7 +125,7 @@ class CropSampler:
             if self.rng.random() < 0.5:
                 patch = patch.flip(-1)
             out.append(patch)
-        return torch.stack(out).float() / 255.0
+        return torch.stack(out)
 
 
 def stage_at(step: int, opts: TrainOptions) -> Stage:
@@ -284,7 +285,7 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
     t0, start_step = time.time(), step
     while step < opts.steps:
         stage = stage_at(step, opts)
-        x = sampler.batch(stage.crop, stage.batch).to(device, non_blocking=True)
+        x = sampler.batch(stage.crop, stage.batch).to(device).float() / 255.0
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, opts) * group.get("lr_scale", 1.0)
         ramp = min(1.0, step / max(1.0, ramp_share * opts.steps))
@@ -307,8 +308,9 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
                     dist.broadcast(quantizer.codebooks.data, 0)
                     dist.broadcast(quantizer.usage, 0)
         bar.update(1)
-        bar.set_postfix(loss=f"{r['loss'].item():.3f}", bpp=f"{r['bpp'].item():.3f}",
-                        psnr=f"{r['psnr'].item():.2f}", crop=stage.crop)
+        if step % 10 == 0:  # reading the loss waits for the device: not every step
+            bar.set_postfix(loss=f"{r['loss'].item():.3f}", bpp=f"{r['bpp'].item():.3f}",
+                            psnr=f"{r['psnr'].item():.2f}", crop=stage.crop)
         if rank == 0 and (step % opts.val_every == 0 or step == opts.steps) and val_images:
             v = validate(model, val_images)
             score = validation_score(v)

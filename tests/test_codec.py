@@ -97,3 +97,17 @@ def test_row_blocks_give_the_same_codes(codec, monkeypatch):
     assert len(codec.model.bottom._row_blocks(1, 16, 4)) > 1
     data = codec.encode(image)
     assert np.array_equal(np.asarray(codec.decode(data)), np.asarray(whole))
+
+
+def test_training_rate_matches_coded_information(codec, monkeypatch):
+    """Training computes each level's logits in one block; coding cuts them into row
+    blocks. Both choose the same codes and count the same information."""
+    import dqcodec.latent_codec as latent_codec
+
+    monkeypatch.setattr(latent_codec, "LOGIT_BUDGET", 1 << 10)
+    assert len(codec.model.bottom._row_blocks(1, 8, 8)) > 1
+    x = to_tensor(photo(128, 128, 7))
+    with torch.no_grad():
+        trained = codec.model(x)
+    coded = codec.model.compress(x)
+    assert float(sum(trained["bits"].values())) == pytest.approx(coded["information_bits"], rel=1e-4)
