@@ -264,6 +264,8 @@ def format_comparison(comparison: dict, names: list[str]) -> str:
               help="Folder of training photos (a held-out part is used for validation).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder (checkpoints).")
 @click.option("--steps", type=int, default=20000, show_default=True)
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True),
+              help="Train for about this long instead: --steps becomes what fits, timed on this device first.")
 @click.option("--lr", type=float, default=3e-4, show_default=True)
 @click.option("--lambda", "lmbda", type=float, default=0.0067, show_default=True, help="Rate-distortion trade-off.")
 @click.option("--lambdas", help="A variable-rate model: one rate point per trade-off, e.g. "
@@ -285,7 +287,7 @@ def format_comparison(comparison: dict, names: list[str]) -> str:
               help="Arithmetic of the transforms while training; auto: bf16 where the hardware "
               "supports it. The prior always trains in fp32.")
 @user_errors
-def train(data, out, steps, lr, lmbda, lambdas, groups, codebook_size, width, init, rate_weight, stages,
+def train(data, out, steps, minutes, lr, lmbda, lambdas, groups, codebook_size, width, init, rate_weight, stages,
           warmup, resume, device, precision):
     """Train a model (progressive crop sizes, resumable)."""
     import dataclasses
@@ -305,7 +307,7 @@ def train(data, out, steps, lr, lmbda, lambdas, groups, codebook_size, width, in
                            init_lmbda=lmbda if init else None,
                            init_lambdas=points if init and points else None,
                            init_rate_weight=rate_weight if init else None, warmup=warmup, device=device,
-                           precision=precision,
+                           precision=precision, minutes=minutes,
                            stages=parse_stages(stages) if stages else DEFAULT_STAGES)
     best = run_training(options,
                         resume=resume, log=lambda m: click.echo(m, err=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -59,6 +60,8 @@ class TrainOptions:
     # the transforms' arithmetic: auto takes bf16 where the hardware has it (2.2x faster
     # training steps on this machine's AVX512-BF16 CPU); the prior always runs in fp32
     precision: str = "auto"
+    # a wall-time budget: `steps` becomes what fits in it, timed on this device at the start
+    minutes: float | None = None
 
 
 def parse_stages(text: str) -> tuple[Stage, ...]:
@@ -276,6 +279,14 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
     sampler = CropSampler(train_paths[rank::world], rng)
     val_images = [load_rgb(p) for p in val_paths]
 
+    if opts.minutes is not None:
+        opts = dataclasses.replace(opts, steps=step + steps_within(opts.minutes * 60, model, opts, device, bf16))
+        if world > 1:  # every replica must run rank 0's schedule
+            steps = torch.tensor([opts.steps], device=device)
+            dist.broadcast(steps, 0)
+            opts = dataclasses.replace(opts, steps=int(steps))
+        if rank == 0:
+            log(f"{opts.minutes:g} minutes: {opts.steps - step} steps")
     ramp_share = opts.rate_weight_ramp
     if ramp_share is None:
         ramp_share = 0.02 if opts.init is not None else 0.3
@@ -292,13 +303,7 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
         for level in (model.top, model.bottom):
             level.rate_weight = config.rate_weight * ramp
         points = sample_points(model, x.shape[0], point_rng).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = wrapped(x, points)
-        r = rd_loss(out, x, lambdas[points], opts.commitment)
-        optimizer.zero_grad(set_to_none=True)
-        r["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        out, r = train_step(wrapped, optimizer, x, points, lambdas, opts.commitment, bf16)
         step += 1
         if step % 100 == 0:
             for level in ("top", "bottom"):
@@ -325,6 +330,49 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
             save_checkpoint(ckpt_path, model, optimizer, step, best)
     bar.close()
     return opts.out / "best.pt"
+
+
+def train_step(model, optimizer, x: Tensor, points: Tensor, lambdas: Tensor, commitment: float,
+               bf16: bool) -> tuple[dict, dict]:
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model(x, points)
+    r = rd_loss(out, x, lambdas[points], commitment)
+    optimizer.zero_grad(set_to_none=True)
+    r["loss"].backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return out, r
+
+
+def seconds_per_step(model: DQCodec, stage: Stage, opts: TrainOptions, device: torch.device,
+                     bf16: bool, repeats: int = 5) -> float:
+    """Time of one training step at a stage's crop and batch, on a throwaway copy of the model."""
+    probe = copy.deepcopy(model).train()
+    optimizer = make_optimizer(probe, opts.lr)
+    x = torch.rand(stage.batch, 3, stage.crop, stage.crop, device=device)
+    lambdas = torch.tensor(probe.config.point_lambdas(), device=device)
+    generator = torch.Generator().manual_seed(0)
+
+    def one_step():
+        points = sample_points(probe, stage.batch, generator).to(device)
+        _, r = train_step(probe, optimizer, x, points, lambdas, opts.commitment, bf16)
+        r["loss"].item()  # waits for the device
+
+    for _ in range(2):  # allocator and convolution-algorithm warm-up
+        one_step()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        one_step()
+    return (time.perf_counter() - start) / repeats
+
+
+def steps_within(seconds: float, model: DQCodec, opts: TrainOptions, device: torch.device,
+                 bf16: bool) -> int:
+    """How many steps of the stage schedule fit in `seconds` (5% kept for validation and
+    checkpoints)."""
+    total = sum(s.fraction for s in opts.stages)
+    per_step = sum(s.fraction / total * seconds_per_step(model, s, opts, device, bf16) for s in opts.stages)
+    return max(1, int(0.95 * seconds / per_step))
 
 
 def initialised_model(opts: TrainOptions) -> DQCodec:

@@ -1,7 +1,9 @@
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,6 +196,28 @@ def test_train_refuses_a_bad_crop_schedule(tmp_path, training_photos, stages):
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "stage" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_train_for_a_wall_time_budget(tmp_path, training_photos):
+    import torch
+
+    out = tmp_path / "run"
+    r = run("train", "--data", training_photos, "--out", out, "--width", 8, "--groups", 4,
+            "--codebook-size", 4, "--stages", "64x2:1", "--minutes", 0.03)
+    assert r.exit_code == 0, r.output
+    steps = int(re.search(r"0.03 minutes: (\d+) steps", r.output).group(1))
+    assert steps >= 1
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == steps
+
+
+def test_steps_within_a_budget_follow_the_stage_times(monkeypatch):
+    from dqcodec import training
+
+    monkeypatch.setattr(training, "seconds_per_step", lambda model, stage, *a: stage.crop / 512)
+    opts = training.TrainOptions(data=Path("."), out=Path("."),
+                                 stages=(training.Stage(64, 2, 1.0), training.Stage(128, 2, 3.0)))
+    # a step takes 0.125 s for a quarter of the run and 0.25 s for the rest: 0.21875 s on average
+    assert abs(training.steps_within(70, None, opts, None, False) - 0.95 * 70 / 0.21875) < 1
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
