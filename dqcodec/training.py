@@ -247,14 +247,7 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
     ckpt_path = opts.out / "checkpoint.pt"
     state = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
     torch.manual_seed(opts.seed + rank)
-    if state:
-        model = DQCodec(ModelConfig.from_json(state["config"]))
-    elif opts.init is not None:
-        model = initialised_model(opts)
-        log(f"initialised from {opts.init} (lambda {', '.join(map(str, model.config.point_lambdas()))}, "
-            f"assignment strength {model.config.rate_weight})")
-    else:
-        model = DQCodec(opts.config)
+    model = starting_model(opts, state, log)
     config = model.config
     model.to(device)
     optimizer = make_optimizer(model, opts.lr)
@@ -280,11 +273,7 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
     val_images = [load_rgb(p) for p in val_paths]
 
     if opts.minutes is not None:
-        opts = dataclasses.replace(opts, steps=step + steps_within(opts.minutes * 60, model, opts, device, bf16))
-        if world > 1:  # every replica must run rank 0's schedule
-            steps = torch.tensor([opts.steps], device=device)
-            dist.broadcast(steps, 0)
-            opts = dataclasses.replace(opts, steps=int(steps))
+        opts = dataclasses.replace(opts, steps=step + budgeted_steps(model, opts, device, bf16, world))
         if rank == 0:
             log(f"{opts.minutes:g} minutes: {opts.steps - step} steps")
     ramp_share = opts.rate_weight_ramp
@@ -306,12 +295,7 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
         out, r = train_step(wrapped, optimizer, x, points, lambdas, opts.commitment, bf16)
         step += 1
         if step % 100 == 0:
-            for level in ("top", "bottom"):
-                quantizer = getattr(model, level).quantizer
-                quantizer.restart_dead_codes(out["latents"][level])
-                if world > 1:  # every replica must keep rank 0's codebooks
-                    dist.broadcast(quantizer.codebooks.data, 0)
-                    dist.broadcast(quantizer.usage, 0)
+            restart_dead_codes(model, out["latents"], world)
         bar.update(1)
         if step % 10 == 0:  # reading the loss waits for the device: not every step
             bar.set_postfix(loss=f"{r['loss'].item():.3f}", bpp=f"{r['bpp'].item():.3f}",
@@ -330,6 +314,28 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
             save_checkpoint(ckpt_path, model, optimizer, step, best)
     bar.close()
     return opts.out / "best.pt"
+
+
+def starting_model(opts: TrainOptions, state: dict | None, log) -> DQCodec:
+    """A resumed run's architecture (its weights are loaded later), a model file's weights
+    (`init`), or a fresh model."""
+    if state:
+        return DQCodec(ModelConfig.from_json(state["config"]))
+    if opts.init is not None:
+        model = initialised_model(opts)
+        log(f"initialised from {opts.init} (lambda {', '.join(map(str, model.config.point_lambdas()))}, "
+            f"assignment strength {model.config.rate_weight})")
+        return model
+    return DQCodec(opts.config)
+
+
+def restart_dead_codes(model: DQCodec, latents: dict, world: int) -> None:
+    for level in ("top", "bottom"):
+        quantizer = getattr(model, level).quantizer
+        quantizer.restart_dead_codes(latents[level])
+        if world > 1:  # every replica must keep rank 0's codebooks
+            dist.broadcast(quantizer.codebooks.data, 0)
+            dist.broadcast(quantizer.usage, 0)
 
 
 def train_step(model, optimizer, x: Tensor, points: Tensor, lambdas: Tensor, commitment: float,
@@ -373,6 +379,16 @@ def steps_within(seconds: float, model: DQCodec, opts: TrainOptions, device: tor
     total = sum(s.fraction for s in opts.stages)
     per_step = sum(s.fraction / total * seconds_per_step(model, s, opts, device, bf16) for s in opts.stages)
     return max(1, int(0.95 * seconds / per_step))
+
+
+def budgeted_steps(model: DQCodec, opts: TrainOptions, device: torch.device, bf16: bool, world: int) -> int:
+    """The steps that fit in `opts.minutes`; under DDP every replica takes rank 0's count."""
+    steps = steps_within(opts.minutes * 60, model, opts, device, bf16)
+    if world > 1:
+        shared = torch.tensor([steps], device=device)
+        dist.broadcast(shared, 0)
+        steps = int(shared)
+    return steps
 
 
 def initialised_model(opts: TrainOptions) -> DQCodec:
