@@ -113,12 +113,18 @@ class CropSampler:
     def __init__(self, paths: list[Path], rng: random.Random):
         self.images = [load_rgb(p) for p in tqdm(paths, desc="loading images", leave=False)]
         self.rng = rng
+        self._usable: dict[int, list[Tensor]] = {}  # per crop size: images at least that large
+
+    def usable(self, crop: int) -> list[Tensor]:
+        if crop not in self._usable:
+            self._usable[crop] = [im for im in self.images if min(im.shape[1:]) >= crop]
+        if not self._usable[crop]:
+            raise DQError(f"no training image is at least {crop}x{crop} pixels")
+        return self._usable[crop]
 
     def batch(self, crop: int, size: int) -> Tensor:
         """uint8 (B, 3, crop, crop): the caller moves it to its device before making it float."""
-        usable = [im for im in self.images if min(im.shape[1:]) >= crop]
-        if not usable:
-            raise DQError(f"no training image is at least {crop}x{crop} pixels")
+        usable = self.usable(crop)
         out = []
         while len(out) < size:
             img = usable[self.rng.randrange(len(usable))]
