@@ -314,6 +314,34 @@ def train(data, out, steps, minutes, lr, lmbda, lambdas, groups, codebook_size, 
     click.echo(f"best checkpoint: {best}")
 
 
+@main.command(name="fit-prior")
+@click.option("--init", "init", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
+              help="The model whose prior is refitted; its transforms and codebooks stay as they are.")
+@click.option("--data", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
+              help="Folder of training photos (a fixed fifth, at most --val-count, is held out).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder (checkpoints).")
+@click.option("--kernel", type=int, default=3, show_default=True,
+              help="Kernel of the prior's convolution over the slices already decoded.")
+@click.option("--blocks", type=int, default=1, show_default=True, help="Residual 3x3 blocks in each pass.")
+@click.option("--free-logits", is_flag=True, help="Predict a logit per code beside the Gaussian bump.")
+@click.option("--steps", type=int, default=2000, show_default=True)
+@click.option("--lr", type=float, default=3e-4, show_default=True)
+@click.option("--window", type=int, default=24, show_default=True,
+              help="Latent positions per side of a training window (x16 px); a multiple of 4.")
+@click.option("--val-count", type=int, default=16, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
+@user_errors
+def fit_prior(init, data, out, kernel, blocks, free_logits, steps, lr, window, val_count, resume):
+    """Refit a model's prior to its own codes (fast: the transforms are frozen)."""
+    from dqcodec.prior_fitting import PriorFitOptions, fit_prior as run_fit
+
+    options = PriorFitOptions(data=data, out=out, init=init, kernel=kernel, blocks=blocks,
+                              free_logits=free_logits, steps=steps, lr=lr, window=window,
+                              val_count=val_count)
+    best = run_fit(options, resume=resume, log=lambda m: click.echo(m, err=True))
+    click.echo(f"best checkpoint: {best}")
+
+
 @main.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)

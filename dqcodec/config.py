@@ -33,6 +33,12 @@ class ModelConfig:
     bottom: LevelConfig = LevelConfig(channels=192, groups=96, codebook_size=64, slices=4)
     top: LevelConfig = LevelConfig(channels=64, groups=32, codebook_size=64, slices=2)
     prior_width: int = 128
+    # the prior's view of each pass's decoded neighbourhood: kernel of the convolution over
+    # the slices already decoded (1: per position), and residual 3x3 blocks before its head
+    prior_kernel: int = 1
+    prior_blocks: int = 0
+    # a logit per code predicted beside the Gaussian bump: any shape of distribution
+    prior_free_logits: bool = False
     lmbda: float = 0.0067  # rate-distortion trade-off used in training (MSE on 0..255 scale)
     linear_skip: bool = False  # block-linear paths beside the deep transforms (fast early training)
     rate_weight: float = 0.05  # entropy-constrained assignment: cost = |z-c|^2 + rate_weight * bits

@@ -29,13 +29,15 @@ LOGIT_BUDGET = 1 << 22  # elements of the (rows, K, d) intermediate per block
 
 class DQLatentCodec(LatentCodec):
     def __init__(self, level: LevelConfig, cond_channels: int, prior_width: int,
-                 rate_weight: float | Tensor, rate_points: int = 1):
+                 rate_weight: float | Tensor, rate_points: int = 1, prior_kernel: int = 1,
+                 prior_blocks: int = 0, prior_free_logits: bool = False):
         super().__init__()
         self.level = level
         self.rate_weight = rate_weight  # a float, or one per sample (B,) while training
         self.quantizer = DepthwiseQuantizer(level.channels, level.groups, level.codebook_size)
         self.prior = CodePrior(cond_channels, level.channels, level.groups, level.codebook_size,
-                               level.slices, prior_width, rate_points)
+                               level.slices, prior_width, rate_points, prior_kernel, prior_blocks,
+                               prior_free_logits)
 
     def _row_blocks(self, batch: int, height: int, width: int) -> list[slice]:
         per_row = batch * self.prior.groups_per_slice * width * self.level.codebook_size * self.quantizer.dim
@@ -59,14 +61,15 @@ class DQLatentCodec(LatentCodec):
         for p in pass_schedule(self.level.slices):
             s = p.slice_index
             groups, channels = self.prior.group_slice(s), self.prior.channel_slice(s)
-            mean, log_scale = self.prior.params(s, cond_features, y_hat)
+            mean, log_scale, free = self.prior.params(s, cond_features, y_hat)
             positions = anchors if p.anchors else ~anchors
             chosen = torch.zeros_like(indices[:, groups])
             for rows in blocks:
                 mask = positions[rows]
                 logits = self.prior.code_logits(s, mean[:, :, rows][:, :, mask],
                                                 log_scale[:, :, rows][:, :, mask],
-                                                self.quantizer.codebooks, point)
+                                                self.quantizer.codebooks, point,
+                                                None if free is None else free[:, :, rows][:, :, mask])
                 chosen[:, :, rows][:, :, mask] = choose(p, groups, logits, rows, mask)
                 if straight_through is not None:
                     all_logits.append((groups, rows, mask, logits))
@@ -95,17 +98,44 @@ class DQLatentCodec(LatentCodec):
         with torch.autocast(z.device.type, enabled=False):
             return self._forward(z.float(), cond.float(), point)
 
+    @staticmethod
+    def _bits(all_logits: list, indices: Tensor, weights: Tensor | None = None) -> Tensor:
+        """Total bits; weights (B, H, W), when given, scale each position's bits."""
+        bits = indices.new_zeros((), dtype=torch.float32)
+        for groups, rows, mask, logits in all_logits:
+            each = code_bits(logits, indices[:, groups, rows][:, :, mask])
+            if weights is not None:
+                each = each * weights[:, rows][:, mask][:, None]
+            bits = bits + each.sum()
+        return bits
+
     def _forward(self, z: Tensor, cond: Tensor, point: Tensor) -> dict:
         y_hat, indices, all_logits = self._run_passes(cond, point, self._assigner(z),
                                                       straight_through=z)
-        bits = z.new_zeros(())
-        for groups, rows, mask, logits in all_logits:
-            bits = bits + code_bits(logits, indices[:, groups, rows][:, :, mask]).sum()
+        bits = self._bits(all_logits, indices)
         for g in range(0, self.level.groups, self.prior.groups_per_slice):
             sl = slice(g, g + self.prior.groups_per_slice)
             self.quantizer.track_usage(indices[:, sl], sl)
         commitment = (z - y_hat.detach()).pow(2).mean()
         return {"y_hat": y_hat, "bits": bits, "indices": indices, "commitment": commitment}
+
+    @torch.no_grad()
+    def assign(self, z: Tensor, cond: Tensor, point: Tensor) -> tuple[Tensor, Tensor]:
+        """y_hat and indices as the encoder would choose them, without coding them."""
+        y_hat, indices, _ = self._run_passes(cond, point, self._assigner(z))
+        return y_hat, indices
+
+    def information(self, indices: Tensor, cond: Tensor, point: Tensor,
+                    weights: Tensor | None = None) -> Tensor:
+        """Total bits the prior gives known indices (B, G, H, W): what coding them costs,
+        each position's bits scaled by weights (B, H, W) when given. Differentiable in the
+        prior's parameters."""
+        def choose(p: Pass, groups: slice, logits: Tensor, rows: slice, mask: Tensor) -> Tensor:
+            return indices[:, groups, rows][:, :, mask]
+
+        y_hat = self.quantizer.lookup(indices).detach()
+        _, _, all_logits = self._run_passes(cond, point, choose, straight_through=y_hat)
+        return self._bits(all_logits, indices, weights)
 
     @torch.no_grad()
     def compress(self, z: Tensor, cond: Tensor, point: Tensor, rate_weight: float | None = None) -> dict:

@@ -52,10 +52,10 @@ class DQCodec(CompressionModel):
             s = config.bottom_stride
             self.skip_a = nn.Conv2d(3, n, s, stride=s)
             self.skip_s = nn.ConvTranspose2d(config.bottom.channels + n, 3, s, stride=s)
-        points = config.rate_points
-        self.top = DQLatentCodec(config.top, 1, config.prior_width, config.rate_weight, points)
-        self.bottom = DQLatentCodec(config.bottom, n, config.prior_width, config.rate_weight, points)
-        if points > 1:
+        prior = (config.rate_points, config.prior_kernel, config.prior_blocks, config.prior_free_logits)
+        self.top = DQLatentCodec(config.top, 1, config.prior_width, config.rate_weight, *prior)
+        self.bottom = DQLatentCodec(config.bottom, n, config.prior_width, config.rate_weight, *prior)
+        if config.rate_points > 1:
             # Per rate point and channel, the latent is scaled by exp(gain) before it is
             # snapped to the (shared) codebooks and scaled back after: a smaller gain makes
             # the codebook relatively coarser, so fewer bits (Cui et al., CVPR 2021).
@@ -138,6 +138,19 @@ class DQCodec(CompressionModel):
             "information_bits": top["information_bits"] + bottom["information_bits"],
             "indices": {"top": top["indices"], "bottom": bottom["indices"]},
         }
+
+    @torch.no_grad()
+    def assign_codes(self, features: Tensor, point: int) -> dict:
+        """The codes `compress` would code at one rate point, from `analyse(x)`'s features
+        (shared by all points), without range coding: top and bottom indices (1, G, h, w)
+        and the bottom level's conditioning features (1, N, h, w)."""
+        point = self._points(1, point, features.device)
+        t = self._scaled(self.top_a(features), self._gain("top", point))
+        top_y_hat, top_indices = self.top.assign(t, self._unconditioned(t), point)
+        cond = self.condition_from_top(top_y_hat, point)
+        z = self._scaled(self.bottom_a(torch.cat([features, cond], 1)), self._gain("bottom", point))
+        _, bottom_indices = self.bottom.assign(z, cond, point)
+        return {"top": top_indices, "bottom": bottom_indices, "cond": cond}
 
     @torch.no_grad()
     def decompress(self, strings: list[bytes], shape: tuple[int, int], point: int | None = None) -> dict:

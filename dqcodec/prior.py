@@ -41,22 +41,40 @@ def code_bits(logits: Tensor, indices: Tensor) -> Tensor:
     return nats / math.log(2.0)
 
 
-class SliceContext(nn.Module):
-    """Predicts, per group of one slice, a mean and scale in code space."""
+class ResidualBlock(nn.Sequential):
+    def __init__(self, width: int):
+        super().__init__(nn.GELU(), nn.Conv2d(width, width, 3, padding=1),
+                         nn.GELU(), nn.Conv2d(width, width, 3, padding=1))
 
-    def __init__(self, cond_width: int, prev_channels: int, slice_channels: int, width: int, out: int):
+    def forward(self, x: Tensor) -> Tensor:
+        return x + super().forward(x)
+
+
+class SliceContext(nn.Module):
+    """Predicts, per group of one slice, a mean and scale in code space.
+
+    Every input is known to the decoder at every position when the pass runs (positions
+    not decoded yet are zero), so the layers may mix neighbouring positions freely."""
+
+    def __init__(self, cond_width: int, prev_channels: int, slice_channels: int, width: int, out: int,
+                 kernel: int = 1, blocks: int = 0, free_logits: int = 0):
         super().__init__()
         self.spatial = nn.Conv2d(slice_channels, width, 5, padding=2)
-        self.channel = nn.Conv2d(prev_channels, width, 1) if prev_channels else None
+        self.channel = nn.Conv2d(prev_channels, width, kernel, padding=kernel // 2) if prev_channels else None
+        self.blocks = nn.Sequential(*(ResidualBlock(width) for _ in range(blocks)))
         self.head = nn.Sequential(
             nn.GELU(), nn.Conv2d(width, width, 1), nn.GELU(), nn.Conv2d(width, out, 1)
         )
+        self.free = nn.Sequential(nn.GELU(), nn.Conv2d(width, free_logits, 1)) if free_logits else None
 
-    def forward(self, cond_features: Tensor, previous: Tensor | None, current: Tensor) -> Tensor:
+    def forward(self, cond_features: Tensor, previous: Tensor | None,
+                current: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The bump's parameters and, with free logits, a logit per code of each group."""
         h = cond_features + self.spatial(current)
         if self.channel is not None:
             h = h + self.channel(previous)
-        return self.head(h)
+        h = self.blocks(h)
+        return self.head(h), self.free(h) if self.free is not None else None
 
 
 class CodePrior(nn.Module):
@@ -65,7 +83,8 @@ class CodePrior(nn.Module):
     geometry lets it learn as fast as a Gaussian conditional."""
 
     def __init__(self, cond_channels: int, channels: int, groups: int, codebook_size: int,
-                 slices: int, width: int, rate_points: int = 1):
+                 slices: int, width: int, rate_points: int = 1, kernel: int = 1, blocks: int = 0,
+                 free_logits: bool = False):
         super().__init__()
         self.groups_per_slice = groups // slices
         self.dim = channels // groups
@@ -74,7 +93,8 @@ class CodePrior(nn.Module):
         self.cond_proj = nn.ModuleList(nn.Conv2d(width, width, 1) for _ in range(slices))
         self.contexts = nn.ModuleList(
             SliceContext(width, s * slice_channels, slice_channels, width,
-                         2 * self.groups_per_slice * self.dim)
+                         2 * self.groups_per_slice * self.dim, kernel, blocks,
+                         self.groups_per_slice * codebook_size if free_logits else 0)
             for s in range(slices)
         )
         # a variable-rate model has a bias per rate point: how peaked each group's marginal
@@ -98,18 +118,22 @@ class CodePrior(nn.Module):
     def channel_slice(self, s: int) -> slice:
         return slice(s * self.slice_channels, (s + 1) * self.slice_channels)
 
-    def params(self, s: int, cond_features: Tensor, y_hat: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and log-scale (B, G_s, H, W, d) for slice s given everything decoded so far."""
+    def params(self, s: int, cond_features: Tensor, y_hat: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Mean and log-scale (B, G_s, H, W, d) for slice s given everything decoded so far,
+        and the free logits (B, G_s, H, W, K) or None."""
         previous = y_hat[:, : s * self.slice_channels] if s else None
         current = y_hat[:, self.channel_slice(s)]
-        params = self.contexts[s](self.cond_proj[s](cond_features), previous, current)
+        params, free = self.contexts[s](self.cond_proj[s](cond_features), previous, current)
         b, _, h, w = params.shape
         params = params.reshape(b, self.groups_per_slice, 2, self.dim, h, w).permute(0, 1, 4, 5, 2, 3)
-        return params[..., 0, :], params[..., 1, :].clamp(-4.0, 4.0)
+        if free is not None:
+            free = free.reshape(b, self.groups_per_slice, -1, h, w).permute(0, 1, 3, 4, 2)
+        return params[..., 0, :], params[..., 1, :].clamp(-4.0, 4.0), free
 
     def code_logits(self, s: int, mean: Tensor, log_scale: Tensor, codebooks: Tensor,
-                    point: Tensor) -> Tensor:
-        """Logits (B, G_s, n, K) over each group's codes from mean and log-scale (B, G_s, n, d).
+                    point: Tensor, free: Tensor | None = None) -> Tensor:
+        """Logits (B, G_s, n, K) over each group's codes from mean and log-scale (B, G_s, n, d),
+        plus the free logits (B, G_s, n, K) when the prior has them.
 
         -0.5 |(c - m) / sigma|^2 expanded as a small matmul of (1/sigma^2, -2m/sigma^2)
         with (c^2, c); the dropped term |m / sigma|^2 is the same for all codes of a
@@ -123,4 +147,5 @@ class CodePrior(nn.Module):
             bias = self.code_bias[point][:, self.group_slice(s), None]
         else:
             bias = self.code_bias[self.group_slice(s)][None, :, None]
-        return bias - 0.5 * quadratic
+        logits = bias - 0.5 * quadratic
+        return logits if free is None else logits + free

@@ -424,6 +424,33 @@ def initialised_model(opts: TrainOptions) -> DQCodec:
     return model.train()
 
 
+def deepened_prior(model: DQCodec, kernel: int, blocks: int, free_logits: bool = False) -> DQCodec:
+    """The same model with a wider (kernel), deeper (blocks) or freer (free logits) prior
+    that starts out computing exactly the old prior: old 1x1 weights sit at the centre of
+    the wider kernels, and each new residual block's and free-logit head's last layer is zero."""
+    old = model.config
+    if (kernel < old.prior_kernel or kernel % 2 == 0 or blocks < old.prior_blocks
+            or old.prior_free_logits > free_logits):
+        raise DQError(f"the prior can only grow: it has kernel {old.prior_kernel}, "
+                      f"{old.prior_blocks} blocks and free logits {old.prior_free_logits}; "
+                      "the kernel must be odd")
+    deeper = DQCodec(dataclasses.replace(old, prior_kernel=kernel, prior_blocks=blocks,
+                                         prior_free_logits=free_logits))
+    state = deeper.state_dict()
+    for key, value in state.items():
+        if ".blocks." in key and key.rsplit(".", 2)[-2] == "3" or ".free." in key:
+            value.zero_()
+    for key, value in model.state_dict().items():
+        if value.shape == state[key].shape:
+            state[key] = value
+        else:  # a convolution over the decoded slices, now wider
+            pad = (kernel - old.prior_kernel) // 2
+            state[key] = torch.nn.functional.pad(value, (pad, pad, pad, pad))
+    deeper.load_state_dict(state)
+    deeper.top.rate_weight, deeper.bottom.rate_weight = model.top.rate_weight, model.bottom.rate_weight
+    return deeper.train(model.training)
+
+
 # The rate points' own prior parameters (embeddings, code biases) are few and are shared by
 # no other point: they learn faster.
 RATE_PARAM_LR_SCALE = 10.0

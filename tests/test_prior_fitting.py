@@ -1,0 +1,144 @@
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dqcodec.codec import Codec
+from dqcodec.errors import DQError
+from dqcodec.image_io import to_tensor
+from dqcodec.testing import photo, tiny_variable_rate_model
+from dqcodec.training import deepened_prior
+from dqcodec.zoo import read_model_file, save_model
+
+from dqcodec.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def variable_rate_file(tmp_path):
+    path = tmp_path / "vr.safetensors"
+    save_model(tiny_variable_rate_model(3), path)
+    return path
+
+
+def test_a_deepened_prior_codes_exactly_like_the_old_one():
+    model = tiny_variable_rate_model(3)
+    deeper = deepened_prior(model, kernel=3, blocks=1, free_logits=True).eval()
+    assert sum(p.numel() for p in deeper.parameters()) > sum(p.numel() for p in model.parameters())
+    x = to_tensor(photo(192, 128, 4))
+    for point in range(3):
+        assert deeper.compress(x, point=point)["strings"] == model.compress(x, point=point)["strings"]
+
+
+def test_a_prior_can_only_grow():
+    deeper = deepened_prior(tiny_variable_rate_model(3), kernel=3, blocks=1, free_logits=True)
+    for kernel, blocks, free in ((1, 1, True), (3, 0, True), (3, 1, False), (4, 1, True)):
+        with pytest.raises(DQError):
+            deepened_prior(deeper, kernel, blocks, free)
+
+
+def test_information_of_assigned_codes_is_what_the_coder_counts():
+    model = tiny_variable_rate_model(3)
+    x = to_tensor(photo(128, 128, 5))
+    features = model.analyse(x)
+    for p in range(3):
+        codes = model.assign_codes(features, p)
+        coded = model.compress(x, point=p)
+        assert torch.equal(coded["indices"]["bottom"], codes["bottom"])
+        assert torch.equal(coded["indices"]["top"], codes["top"])
+        point = torch.tensor([p])
+        ones = torch.ones(1, 1, *codes["top"].shape[-2:])
+        with torch.no_grad():
+            bits = (model.bottom.information(codes["bottom"], codes["cond"], point)
+                    + model.top.information(codes["top"], ones, point))
+        assert float(bits) == pytest.approx(coded["information_bits"], rel=1e-4)
+
+
+def test_fit_prior_changes_only_the_bottom_prior_and_round_trips(tmp_path, training_photos, variable_rate_file):
+    out = tmp_path / "fit"
+    r = run("fit-prior", "--init", variable_rate_file, "--data", training_photos, "--out", out,
+            "--kernel", 3, "--blocks", 1, "--free-logits", "--steps", 20, "--val-count", 2,
+            "--window", 12)
+    assert r.exit_code == 0, r.output
+    assert "held-out bpp at the start" in r.output and "step 20: held-out bpp" in r.output
+    exported = tmp_path / "fitted.safetensors"
+    assert run("export", out / "best.pt", "-o", exported, "--precision", "fp32").exit_code == 0
+    fitted, start = read_model_file(exported), read_model_file(variable_rate_file)
+    config = fitted.config
+    assert (config.prior_kernel, config.prior_blocks, config.prior_free_logits) == (3, 1, True)
+    before, after = start.state_dict(), fitted.state_dict()
+    for key, value in before.items():
+        if not key.startswith("bottom.prior."):
+            assert torch.equal(value, after[key]), key
+    assert not torch.equal(before["bottom.prior.code_bias"], after["bottom.prior.code_bias"])
+    # the top prior keeps computing what it did: its new layers' outputs stay zero
+    assert not after["top.prior.contexts.0.blocks.0.3.weight"].any()
+    codec = Codec(fitted, rate_point=1)
+    image = photo(150, 90, 6)
+    data = codec.encode(image)
+    assert np.array_equal(np.asarray(codec.decode(data)), np.asarray(Codec(fitted, rate_point=1).decode(data)))
+    assert codec.decode(data).size == image.size
+
+
+def test_fit_prior_refuses_an_even_kernel(tmp_path, training_photos, variable_rate_file):
+    r = run("fit-prior", "--init", variable_rate_file, "--data", training_photos, "--out",
+            tmp_path / "fit", "--kernel", 2)
+    assert r.exit_code != 0 and "kernel must be odd" in r.output
+
+
+def test_fit_prior_refuses_a_window_no_wider_than_the_priors_view(tmp_path, training_photos,
+                                                                   variable_rate_file):
+    r = run("fit-prior", "--init", variable_rate_file, "--data", training_photos, "--out",
+            tmp_path / "fit", "--kernel", 3, "--blocks", 1, "--window", 8)
+    assert r.exit_code != 0 and "must be wider than twice the prior's view (4)" in r.output
+
+
+def test_window_positions_count_only_where_they_see_the_whole_photo():
+    from dqcodec.config import ModelConfig
+    from dqcodec.prior_fitting import context_radius, window_weights
+
+    assert context_radius(ModelConfig(prior_kernel=3, prior_blocks=1)) == 4
+    assert context_radius(ModelConfig()) == 2
+    corner = window_weights(32, 24, 0, 0, 12, 4)  # the photo's top-left corner: two edges are real
+    assert corner[:8, :8].all() and not corner[8:].any() and not corner[:, 8:].any()
+    inside = window_weights(32, 24, 8, 4, 12, 4)  # cut on all four sides
+    assert inside.sum() == 16 and inside[4:8, 4:8].all()
+    whole = window_weights(12, 12, 0, 0, 12, 4)
+    assert whole.all()
+
+
+def test_window_bits_match_the_whole_photo_where_they_count():
+    """The prior's bits at a weighted-in position of a window equal that position's bits in
+    the whole photo (the reason for the weights)."""
+    from dqcodec.prior_fitting import context_radius, window_weights
+
+    model = deepened_prior(tiny_variable_rate_model(3), kernel=3, blocks=1)
+    with torch.no_grad():  # make the new layers matter
+        for name, p in model.named_parameters():
+            if ".blocks." in name:
+                p.normal_(0, 0.1)
+    x = to_tensor(photo(384, 256, 8))
+    codes = model.assign_codes(model.analyse(x), 1)
+    point = torch.tensor([1])
+    margin = context_radius(model.config)
+    h, w = codes["bottom"].shape[-2:]
+    y, x0, s = 4, 4, 12
+    weights = window_weights(h, w, y, x0, s, margin)
+    whole_weights = torch.zeros(1, h, w)
+    whole_weights[0, y:y + s, x0:x0 + s] = weights
+    with torch.no_grad():
+        window = model.bottom.information(codes["bottom"][..., y:y + s, x0:x0 + s],
+                                          codes["cond"][..., y:y + s, x0:x0 + s], point, weights[None])
+        whole = model.bottom.information(codes["bottom"], codes["cond"], point, whole_weights)
+        cut = model.bottom.information(codes["bottom"][..., y:y + s, x0:x0 + s],
+                                       codes["cond"][..., y:y + s, x0:x0 + s], point)
+        every = torch.zeros(1, h, w)
+        every[0, y:y + s, x0:x0 + s] = 1
+        same_in_whole = model.bottom.information(codes["bottom"], codes["cond"], point, every)
+    agreement = abs(float(window) - float(whole))
+    assert agreement < 1e-4 * float(whole)
+    # without the weights, the cut edges disagree far beyond rounding
+    assert abs(float(cut) - float(same_in_whole)) > 100 * max(agreement, 1e-3)
