@@ -3,8 +3,9 @@
 The prior works at the latent's resolution (1/16 of the image side), so once every
 training photo's codes are cached, a step costs a small fraction of a training step: a
 wider, deeper or freer prior (see `deepened_prior`) fits on a CPU in minutes. The codes
-are assigned once, by the starting model; a new prior changes the encoder's rate-aware
-assignment only slightly at the assignment strengths the shipped models use.
+are assigned once, by the starting model. A new prior moves few of the encoder's rate-aware
+choices at `dq-vr`'s assignment strength (0.01); at the single-rate models' 0.3-0.5 it moves
+more, so check a refitted model on real files.
 
 Fitting runs in fp32, as the prior always trains: in bf16 a peaked prior's logits moved by
 more than the fitting gained (a low-rate model's held-out bits rose by 26% in 250 steps).
@@ -36,8 +37,8 @@ from .config import ModelConfig
 from .datasets import list_images
 from .errors import DQError
 from .model import DQCodec, pad_to_stride
-from .training import (deepened_prior, load_checkpoint, load_rgb, make_optimizer, save_checkpoint,
-                       split_train_val)
+from .training import (deepened_prior, learning_rate, load_checkpoint, load_rgb, make_optimizer,
+                       save_checkpoint, split_train_val)
 from .zoo import read_model_file
 
 
@@ -71,8 +72,8 @@ class PhotoCodes:
 def photo_codes(model: DQCodec, path: Path) -> PhotoCodes:
     x = pad_to_stride(load_rgb(path)[None].float() / 255.0, model.config.top_stride)
     features = model.analyse(x.contiguous(memory_format=torch.channels_last))
-    # one point at a time: as the encoder assigns them (a batch of points was 3x slower on
-    # photos of 2 megapixels)
+    # one point at a time, as the encoder assigns them (a batch of all points was about 2x
+    # slower on photos of 2 megapixels)
     codes = [model.assign_codes(features, p) for p in range(model.config.rate_points)]
     return PhotoCodes(torch.cat([c["cond"] for c in codes]).half(),
                       torch.cat([c["bottom"] for c in codes]).to(torch.uint8),
@@ -140,13 +141,6 @@ def random_windows(photos: list[PhotoCodes], opts: PriorFitOptions, points: int,
     return torch.stack(cond).float(), torch.stack(bottom).long(), torch.tensor(chosen), torch.stack(weights)
 
 
-def learning_rate(step: int, opts: PriorFitOptions) -> float:
-    if step < opts.warmup:
-        return opts.lr * (step + 1) / opts.warmup
-    progress = min(1.0, (step - opts.warmup) / max(1, opts.steps - opts.warmup))
-    return opts.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def prior_model(opts: PriorFitOptions) -> DQCodec:
     """The starting model with the options' prior; only the bottom prior's parameters train."""
     if opts.window < 4 or opts.window % 4:
@@ -186,7 +180,8 @@ def fit_prior(opts: PriorFitOptions, resume: bool = False, log=print) -> Path:
     val_codes = cache_codes(model, val_paths, "caching held-out codes")
     train_codes = [c for c in train_codes if min(c.bottom.shape[-2:]) >= opts.window]
     if not train_codes:
-        raise DQError(f"no training image is at least {opts.window * model.config.bottom_stride} px on each side")
+        side = opts.window * model.config.bottom_stride
+        raise DQError(f"no training image is at least {side} px on each side (after padding)")
     start = validation_bpp(model, val_codes)
     log("held-out bpp at the start: " + " ".join(f"{b:.4f}" for b in start))
     rng = random.Random(opts.seed * 1000 + step)
@@ -199,8 +194,9 @@ def fit_prior(opts: PriorFitOptions, resume: bool = False, log=print) -> Path:
         cond, bottom, chosen, weights = random_windows(train_codes, opts, points, margin, rng)
         pixels = weights.sum() * model.config.bottom_stride**2
         bpp = model.bottom.information(bottom, cond, chosen, weights) / pixels
+        lr_now = learning_rate(step, opts.lr, opts.warmup, opts.steps)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, opts) * group.get("lr_scale", 1.0)
+            group["lr"] = lr_now * group.get("lr_scale", 1.0)
         optimizer.zero_grad(set_to_none=True)
         bpp.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)

@@ -147,11 +147,12 @@ def stage_at(step: int, opts: TrainOptions) -> Stage:
     return opts.stages[-1]
 
 
-def learning_rate(step: int, opts: TrainOptions) -> float:
-    if step < opts.warmup:
-        return opts.lr * (step + 1) / opts.warmup
-    progress = min(1.0, (step - opts.warmup) / max(1, opts.steps - opts.warmup))
-    return opts.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+def learning_rate(step: int, lr: float, warmup: int, steps: int) -> float:
+    """Linear warm-up, then cosine decay to 5% of lr at the last step."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def rd_loss(out: dict, x: Tensor, lmbda: Tensor, commitment: float) -> dict:
@@ -292,8 +293,9 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
     while step < opts.steps:
         stage = stage_at(step, opts)
         x = sampler.batch(stage.crop, stage.batch).to(device).float() / 255.0
+        lr_now = learning_rate(step, opts.lr, opts.warmup, opts.steps)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, opts) * group.get("lr_scale", 1.0)
+            group["lr"] = lr_now * group.get("lr_scale", 1.0)
         ramp = min(1.0, step / max(1.0, ramp_share * opts.steps))
         for level in (model.top, model.bottom):
             level.rate_weight = config.rate_weight * ramp
