@@ -339,7 +339,8 @@ def fit_prior(init, data, out, kernel, blocks, free_logits, steps, lr, window, v
                               free_logits=free_logits, steps=steps, lr=lr, window=window,
                               val_count=val_count)
     best = run_fit(options, resume=resume, log=lambda m: click.echo(m, err=True))
-    click.echo(f"best checkpoint: {best}")
+    if best is not None:
+        click.echo(f"best checkpoint: {best}")
 
 
 @main.command()

@@ -159,9 +159,10 @@ def cache_codes(model: DQCodec, paths: list[Path], desc: str) -> list[PhotoCodes
     return [photo_codes(model, p) for p in tqdm(paths, desc=desc, leave=False)]
 
 
-def fit_prior(opts: PriorFitOptions, resume: bool = False, log=print) -> Path:
-    """Fits and writes OUT/best.pt (the lowest held-out rate), a training checkpoint that
-    `dqcodec export` turns into a model file."""
+def fit_prior(opts: PriorFitOptions, resume: bool = False, log=print) -> Path | None:
+    """Fits and writes OUT/best.pt, a training checkpoint that `dqcodec export` turns into a
+    model file, whenever a validation beats the best so far, the starting prior included.
+    Returns its path, or None when no validation beat the starting prior."""
     opts.out.mkdir(parents=True, exist_ok=True)
     ckpt_path = opts.out / "checkpoint.pt"
     model = prior_model(opts)
@@ -184,6 +185,8 @@ def fit_prior(opts: PriorFitOptions, resume: bool = False, log=print) -> Path:
         raise DQError(f"no training image is at least {side} px on each side (after padding)")
     start = validation_bpp(model, val_codes)
     log("held-out bpp at the start: " + " ".join(f"{b:.4f}" for b in start))
+    if best is None:
+        best = sum(math.log(b) for b in start)
     rng = random.Random(opts.seed * 1000 + step)
     points = model.config.rate_points
     margin = context_radius(model.config)
@@ -211,10 +214,14 @@ def fit_prior(opts: PriorFitOptions, resume: bool = False, log=print) -> Path:
             log(f"step {step}: held-out bpp {' '.join(f'{b:.4f}' for b in val)} ({change}; "
                 f"{(time.time() - t0) / 60:.1f} min for {step - first} steps)")
             score = sum(math.log(b) for b in val)
-            if best is None or score < best:
+            if score < best:
                 best = score
                 torch.save({"model": model.state_dict(), "config": model.config.to_json(), "step": step,
                             "val": [{"bpp": b} for b in val]}, opts.out / "best.pt")
             save_checkpoint(ckpt_path, model, optimizer, step, best)
     bar.close()
-    return opts.out / "best.pt"
+    best_path = opts.out / "best.pt"
+    if not best_path.exists():
+        log("no validation beat the starting prior: no best.pt written")
+        return None
+    return best_path

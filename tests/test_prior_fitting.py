@@ -65,7 +65,7 @@ def test_fit_prior_changes_only_the_bottom_prior_and_round_trips(tmp_path, train
     assert r.exit_code == 0, r.output
     assert "held-out bpp at the start" in r.output and "step 20: held-out bpp" in r.output
     exported = tmp_path / "fitted.safetensors"
-    assert run("export", out / "best.pt", "-o", exported, "--precision", "fp32").exit_code == 0
+    assert run("export", out / "checkpoint.pt", "-o", exported, "--precision", "fp32").exit_code == 0
     fitted, start = read_model_file(exported), read_model_file(variable_rate_file)
     config = fitted.config
     assert (config.prior_kernel, config.prior_blocks, config.prior_free_logits) == (3, 1, True)
@@ -142,3 +142,19 @@ def test_window_bits_match_the_whole_photo_where_they_count():
     assert agreement < 1e-4 * float(whole)
     # without the weights, the cut edges disagree far beyond rounding
     assert abs(float(cut) - float(same_in_whole)) > 100 * max(agreement, 1e-3)
+
+
+@pytest.mark.parametrize("held_out, written", [((1.0, 2.0), False), ((1.0, 0.5), True)])
+def test_fit_prior_writes_best_only_when_it_beats_the_start(tmp_path, training_photos, variable_rate_file,
+                                                            monkeypatch, held_out, written):
+    from dqcodec import prior_fitting
+
+    rates = iter(held_out)  # the start's validation, then step 10's
+    monkeypatch.setattr(prior_fitting, "validation_bpp", lambda model, photos: [next(rates)] * 3)
+    opts = prior_fitting.PriorFitOptions(data=training_photos, out=tmp_path / "fit", init=variable_rate_file,
+                                         steps=10, val_every=10, val_count=2, window=12)
+    messages = []
+    best = prior_fitting.fit_prior(opts, log=messages.append)
+    assert (tmp_path / "fit" / "best.pt").exists() == written
+    assert (best is not None) == written
+    assert ("no validation beat the starting prior" in messages[-1]) != written
