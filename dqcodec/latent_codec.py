@@ -120,10 +120,10 @@ class DQLatentCodec(LatentCodec):
         return {"y_hat": y_hat, "bits": bits, "indices": indices, "commitment": commitment}
 
     @torch.no_grad()
-    def assign(self, z: Tensor, cond: Tensor, point: Tensor) -> tuple[Tensor, Tensor]:
+    def assign(self, z: Tensor, cond: Tensor, point: Tensor) -> dict:
         """y_hat and indices as the encoder would choose them, without coding them."""
         y_hat, indices, _ = self._run_passes(cond, point, self._assigner(z))
-        return y_hat, indices
+        return {"y_hat": y_hat, "indices": indices}
 
     def information(self, indices: Tensor, cond: Tensor, point: Tensor,
                     weights: Tensor | None = None) -> Tensor:

@@ -106,35 +106,38 @@ class DQCodec(CompressionModel):
     def forward(self, x: Tensor, point: Tensor | int | None = None) -> dict:
         """point: rate point of each sample (B,) or of all; default the highest."""
         point = self._points(x.shape[0], point, x.device)
-        top_gain, bottom_gain = self._gain("top", point), self._gain("bottom", point)
-        h = self.analyse(x)
-        t = self._scaled(self.top_a(h), top_gain)
-        top = self.top(t, self._unconditioned(t), point)
-        cond = self.condition_from_top(top["y_hat"], point)
-        z = self._scaled(self.bottom_a(torch.cat([h, cond], 1)), bottom_gain)
-        bottom = self.bottom(z, cond, point)
-        x_hat = self.synthesise(torch.cat([self._unscaled(bottom["y_hat"], bottom_gain), cond], 1))
+        levels = self._through_levels(self.analyse(x), point,
+                                      lambda level, latent, cond: level(latent, cond, point))
+        top, bottom, cond = levels["top"], levels["bottom"], levels["cond"]
+        y = self._unscaled(bottom["y_hat"], self._gain("bottom", point))
         return {
-            "x_hat": x_hat,
+            "x_hat": self.synthesise(torch.cat([y, cond], 1)),
             "bits": {"top": top["bits"], "bottom": bottom["bits"]},
             "commitment": top["commitment"] + bottom["commitment"],
-            "latents": {"top": t.detach(), "bottom": z.detach()},
+            "latents": {name: latent.detach() for name, latent in levels["latents"].items()},
         }
+
+    def _through_levels(self, features: Tensor, point: Tensor, code) -> dict:
+        """The encoder's walk down the hierarchy, shared by training, coding and code
+        assignment: code(level, latent, cond) -> dict with "y_hat" runs each level."""
+        t = self._scaled(self.top_a(features), self._gain("top", point))
+        top = code(self.top, t, self._unconditioned(t))
+        cond = self.condition_from_top(top["y_hat"], point)
+        z = self._scaled(self.bottom_a(torch.cat([features, cond], 1)), self._gain("bottom", point))
+        return {"top": top, "bottom": code(self.bottom, z, cond), "cond": cond,
+                "latents": {"top": t, "bottom": z}}
 
     @torch.no_grad()
     def compress(self, x: Tensor, rate_weight: float | None = None, point: int | None = None) -> dict:
         point = self._points(1, point, x.device)
-        top_gain, bottom_gain = self._gain("top", point), self._gain("bottom", point)
         x = x.contiguous(memory_format=torch.channels_last)  # faster CPU convolutions
         h = tiled_analysis(self.analyse, x, stride=self.config.bottom_stride)
-        t = self._scaled(self.top_a(h), top_gain)
-        top = self.top.compress(t, self._unconditioned(t), point, rate_weight)
-        cond = self.condition_from_top(top["y_hat"], point)
-        z = self._scaled(self.bottom_a(torch.cat([h, cond], 1)), bottom_gain)
-        bottom = self.bottom.compress(z, cond, point, rate_weight)
+        levels = self._through_levels(h, point, lambda level, latent, cond:
+                                      level.compress(latent, cond, point, rate_weight))
+        top, bottom = levels["top"], levels["bottom"]
         return {
             "strings": [top["string"], bottom["string"]],
-            "shape": tuple(t.shape[-2:]),
+            "shape": tuple(levels["latents"]["top"].shape[-2:]),
             "information_bits": top["information_bits"] + bottom["information_bits"],
             "indices": {"top": top["indices"], "bottom": bottom["indices"]},
         }
@@ -145,12 +148,10 @@ class DQCodec(CompressionModel):
         (shared by all points), without range coding: top and bottom indices (1, G, h, w)
         and the bottom level's conditioning features (1, N, h, w)."""
         point = self._points(1, point, features.device)
-        t = self._scaled(self.top_a(features), self._gain("top", point))
-        top_y_hat, top_indices = self.top.assign(t, self._unconditioned(t), point)
-        cond = self.condition_from_top(top_y_hat, point)
-        z = self._scaled(self.bottom_a(torch.cat([features, cond], 1)), self._gain("bottom", point))
-        _, bottom_indices = self.bottom.assign(z, cond, point)
-        return {"top": top_indices, "bottom": bottom_indices, "cond": cond}
+        levels = self._through_levels(features, point,
+                                      lambda level, latent, cond: level.assign(latent, cond, point))
+        return {"top": levels["top"]["indices"], "bottom": levels["bottom"]["indices"],
+                "cond": levels["cond"]}
 
     @torch.no_grad()
     def decompress(self, strings: list[bytes], shape: tuple[int, int], point: int | None = None) -> dict:

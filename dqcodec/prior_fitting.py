@@ -91,12 +91,12 @@ def information(model: DQCodec, cond: Tensor, bottom: Tensor, top: Tensor, point
 def validation_bpp(model: DQCodec, photos: list[PhotoCodes]) -> list[float]:
     """Bits per (padded) pixel of each rate point over whole held-out photos."""
     model.eval()
+    pixels = sum(c.bottom.shape[-1] * c.bottom.shape[-2] for c in photos) * model.config.bottom_stride**2
     per_point = []
     for p in range(model.config.rate_points):
         point = torch.tensor([p])
         bits = sum(float(information(model, c.cond[p:p + 1], c.bottom[p:p + 1], c.top[p:p + 1], point))
                    for c in photos)
-        pixels = sum(c.bottom.shape[-1] * c.bottom.shape[-2] for c in photos) * model.config.bottom_stride**2
         per_point.append(bits / pixels)
     return per_point
 
