@@ -329,15 +329,19 @@ def train(data, out, steps, minutes, lr, lmbda, lambdas, groups, codebook_size, 
 @click.option("--window", type=int, default=24, show_default=True,
               help="Latent positions per side of a training window (x16 px); a multiple of 4.")
 @click.option("--val-count", type=int, default=16, show_default=True)
+@click.option("--codes", "codes_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Keep the photos' codes in this file: a later fit of the same model on the "
+                   "same photos reads them instead of assigning them again.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
 @user_errors
-def fit_prior(init, data, out, kernel, blocks, free_logits, steps, lr, window, val_count, resume):
+def fit_prior(init, data, out, kernel, blocks, free_logits, steps, lr, window, val_count, codes_file,
+              resume):
     """Refit a model's prior to its own codes (fast: the transforms are frozen)."""
     from dqcodec.prior_fitting import PriorFitOptions, fit_prior as run_fit
 
     options = PriorFitOptions(data=data, out=out, init=init, kernel=kernel, blocks=blocks,
                               free_logits=free_logits, steps=steps, lr=lr, window=window,
-                              val_count=val_count)
+                              val_count=val_count, codes_file=codes_file)
     best = run_fit(options, resume=resume, log=lambda m: click.echo(m, err=True))
     if best is not None:
         click.echo(f"best checkpoint: {best}")

@@ -23,6 +23,7 @@ made its bits on whole photos four times larger in a first run.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -30,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
 
@@ -39,7 +42,7 @@ from .errors import DQError
 from .model import DQCodec, pad_to_stride
 from .training import (deepened_prior, learning_rate, load_checkpoint, load_rgb, make_optimizer,
                        save_checkpoint, split_train_val)
-from .zoo import read_model_file
+from .zoo import model_id, read_model_file
 
 
 @dataclass
@@ -58,6 +61,9 @@ class PriorFitOptions:
     val_count: int = 16
     val_every: int = 250
     seed: int = 0
+    # the codes of every photo, kept between runs: assigning them is most of a short run
+    # (12 of 32 minutes for dq-vr)
+    codes_file: Path | None = None
 
 
 @dataclass
@@ -159,6 +165,57 @@ def cache_codes(model: DQCodec, paths: list[Path], desc: str) -> list[PhotoCodes
     return [photo_codes(model, p) for p in tqdm(paths, desc=desc, leave=False)]
 
 
+def _codes_key(model: DQCodec, train: list[Path], val: list[Path]) -> dict[str, str]:
+    """What the codes depend on: the weights that assigned them and the photos (by name and
+    size, in order)."""
+    def listing(paths):
+        return json.dumps([[p.name, p.stat().st_size] for p in paths])
+    return {"model_id": model_id(model).hex(), "train": listing(train), "val": listing(val)}
+
+
+def save_codes(path: Path, key: dict[str, str], train: list[PhotoCodes], val: list[PhotoCodes]) -> None:
+    tensors = {f"{split}.{i}.{field}": getattr(c, field)
+               for split, codes in (("train", train), ("val", val))
+               for i, c in enumerate(codes) for field in ("cond", "bottom", "top")}
+    partial = path.with_name(path.name + ".part")
+    save_file(tensors, str(partial), metadata=key)
+    partial.replace(path)
+
+
+def load_codes(path: Path, key: dict[str, str]) -> tuple[list[PhotoCodes], list[PhotoCodes]] | None:
+    """The saved codes when they were made by the same weights from the same photos."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if f.metadata() != key:
+                return None
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError):
+        return None
+
+    def split(name: str) -> list[PhotoCodes]:
+        count = len(json.loads(key[name]))
+        return [PhotoCodes(*(tensors[f"{name}.{i}.{field}"] for field in ("cond", "bottom", "top")))
+                for i in range(count)]
+    return split("train"), split("val")
+
+
+def all_codes(model: DQCodec, train: list[Path], val: list[Path], codes_file: Path | None,
+              log=print) -> tuple[list[PhotoCodes], list[PhotoCodes]]:
+    """Every photo's codes under `model`, read from `codes_file` when it holds them, else
+    assigned (and saved there)."""
+    key = _codes_key(model, train, val) if codes_file is not None else None
+    if codes_file is not None and codes_file.exists():
+        saved = load_codes(codes_file, key)
+        if saved is not None:
+            log(f"codes read from {codes_file}")
+            return saved
+        log(f"{codes_file} does not hold this model's codes of these photos: assigning them again")
+    codes = cache_codes(model, train, "caching codes"), cache_codes(model, val, "caching held-out codes")
+    if codes_file is not None:
+        save_codes(codes_file, key, *codes)
+    return codes
+
+
 def fit_prior(opts: PriorFitOptions, resume: bool = False, log=print) -> Path | None:
     """Fits and writes OUT/best.pt, a training checkpoint that `dqcodec export` turns into a
     model file, whenever a validation beats the best so far, the starting prior included.
@@ -177,8 +234,10 @@ def fit_prior(opts: PriorFitOptions, resume: bool = False, log=print) -> Path | 
     train_paths, val_paths = split_train_val(list_images(opts.data), opts.val_count)
     if not val_paths:
         raise DQError("prior fitting needs at least 5 images (a fifth is held out)")
-    train_codes = cache_codes(model, train_paths, "caching codes")
-    val_codes = cache_codes(model, val_paths, "caching held-out codes")
+    # assigned by the starting model (which the grown prior computes exactly), also when
+    # resuming, so a resumed fit sees the codes an uninterrupted one would
+    train_codes, val_codes = all_codes(read_model_file(opts.init), train_paths, val_paths,
+                                       opts.codes_file, log)
     train_codes = [c for c in train_codes if min(c.bottom.shape[-2:]) >= opts.window]
     if not train_codes:
         side = opts.window * model.config.bottom_stride

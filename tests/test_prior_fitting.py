@@ -158,3 +158,60 @@ def test_fit_prior_writes_best_only_when_it_beats_the_start(tmp_path, training_p
     assert (tmp_path / "fit" / "best.pt").exists() == written
     assert (best is not None) == written
     assert ("no validation beat the starting prior" in messages[-1]) != written
+
+
+def _fit_options(tmp_path, photos, init, codes_file, out="fit"):
+    from dqcodec.prior_fitting import PriorFitOptions
+
+    return PriorFitOptions(data=photos, out=tmp_path / out, init=init, steps=2, val_every=2,
+                           val_count=2, window=12, codes_file=codes_file)
+
+
+def test_saved_codes_are_read_back_instead_of_assigned_again(tmp_path, training_photos, variable_rate_file,
+                                                             monkeypatch):
+    from dqcodec import prior_fitting
+
+    codes_file = tmp_path / "codes.safetensors"
+    first = []
+    prior_fitting.fit_prior(_fit_options(tmp_path, training_photos, variable_rate_file, codes_file),
+                            log=first.append)
+    assert codes_file.exists() and not any("codes read from" in m for m in first)
+
+    def must_not_assign(*args):
+        raise AssertionError("codes assigned again")
+
+    monkeypatch.setattr(prior_fitting, "cache_codes", must_not_assign)
+    r = run("fit-prior", "--init", variable_rate_file, "--data", training_photos, "--out", tmp_path / "fit2",
+            "--steps", 2, "--val-count", 2, "--window", 12, "--codes", codes_file)
+    assert r.exit_code == 0, r.output
+    assert f"codes read from {codes_file}" in r.output
+    # the start of both fits saw the same codes, so the same held-out bpp
+    start = [m for m in first if "at the start" in m]
+    assert len(start) == 1 and start[0] in r.output
+
+
+@pytest.mark.parametrize("spoil", ["other weights", "other photos", "not a codes file"])
+def test_codes_of_other_weights_or_photos_are_assigned_again(tmp_path, training_photos, variable_rate_file,
+                                                             spoil):
+    from dqcodec import prior_fitting
+
+    codes_file = tmp_path / "codes.safetensors"
+    init = variable_rate_file
+    prior_fitting.fit_prior(_fit_options(tmp_path, training_photos, init, codes_file), log=lambda m: None)
+    if spoil == "other weights":
+        init = tmp_path / "other.safetensors"
+        save_model(tiny_variable_rate_model(4), init)
+    elif spoil == "other photos":
+        photo(200, 208, 9).save(training_photos / "9.png")
+    else:
+        codes_file.write_bytes(b"not safetensors")
+    messages = []
+    prior_fitting.fit_prior(_fit_options(tmp_path, training_photos, init, codes_file, "fit2"),
+                            log=messages.append)
+    assert not any("codes read from" in m for m in messages)
+    assert any("assigning them again" in m for m in messages)
+    # and the file now holds the new codes
+    again = []
+    prior_fitting.fit_prior(_fit_options(tmp_path, training_photos, init, codes_file, "fit3"),
+                            log=again.append)
+    assert any("codes read from" in m for m in again)
