@@ -173,13 +173,21 @@ def _codes_key(model: DQCodec, train: list[Path], val: list[Path]) -> dict[str, 
     return {"model_id": model_id(model).hex(), "train": listing(train), "val": listing(val)}
 
 
+_CODE_FIELDS = ("cond", "bottom", "top")  # PhotoCodes' tensors, in order
+
+
 def save_codes(path: Path, key: dict[str, str], train: list[PhotoCodes], val: list[PhotoCodes]) -> None:
+    """Written beside `path` and renamed into place, so an interrupted write leaves no
+    half-written codes file."""
     tensors = {f"{split}.{i}.{field}": getattr(c, field)
                for split, codes in (("train", train), ("val", val))
-               for i, c in enumerate(codes) for field in ("cond", "bottom", "top")}
+               for i, c in enumerate(codes) for field in _CODE_FIELDS}
     partial = path.with_name(path.name + ".part")
-    save_file(tensors, str(partial), metadata=key)
-    partial.replace(path)
+    try:
+        save_file(tensors, str(partial), metadata=key)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def load_codes(path: Path, key: dict[str, str]) -> tuple[list[PhotoCodes], list[PhotoCodes]] | None:
@@ -194,7 +202,7 @@ def load_codes(path: Path, key: dict[str, str]) -> tuple[list[PhotoCodes], list[
 
     def split(name: str) -> list[PhotoCodes]:
         count = len(json.loads(key[name]))
-        return [PhotoCodes(*(tensors[f"{name}.{i}.{field}"] for field in ("cond", "bottom", "top")))
+        return [PhotoCodes(*(tensors[f"{name}.{i}.{field}"] for field in _CODE_FIELDS))
                 for i in range(count)]
     return split("train"), split("val")
 
@@ -203,16 +211,20 @@ def all_codes(model: DQCodec, train: list[Path], val: list[Path], codes_file: Pa
               log=print) -> tuple[list[PhotoCodes], list[PhotoCodes]]:
     """Every photo's codes under `model`, read from `codes_file` when it holds them, else
     assigned (and saved there)."""
-    key = _codes_key(model, train, val) if codes_file is not None else None
-    if codes_file is not None and codes_file.exists():
+    def assigned():
+        return cache_codes(model, train, "caching codes"), cache_codes(model, val, "caching held-out codes")
+
+    if codes_file is None:
+        return assigned()
+    key = _codes_key(model, train, val)
+    if codes_file.exists():
         saved = load_codes(codes_file, key)
         if saved is not None:
             log(f"codes read from {codes_file}")
             return saved
         log(f"{codes_file} does not hold this model's codes of these photos: assigning them again")
-    codes = cache_codes(model, train, "caching codes"), cache_codes(model, val, "caching held-out codes")
-    if codes_file is not None:
-        save_codes(codes_file, key, *codes)
+    codes = assigned()
+    save_codes(codes_file, key, *codes)
     return codes
 
 
