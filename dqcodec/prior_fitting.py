@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
@@ -41,7 +41,7 @@ from .datasets import list_images
 from .errors import DQError
 from .model import DQCodec, pad_to_stride
 from .training import (deepened_prior, learning_rate, load_checkpoint, load_rgb, make_optimizer,
-                       save_checkpoint, split_train_val)
+                       save_best, save_checkpoint, set_learning_rate, split_train_val)
 from .zoo import model_id, read_model_file
 
 
@@ -147,11 +147,11 @@ def random_windows(photos: list[PhotoCodes], opts: PriorFitOptions, points: int,
     return torch.stack(cond).float(), torch.stack(bottom).long(), torch.tensor(chosen), torch.stack(weights)
 
 
-def prior_model(opts: PriorFitOptions) -> DQCodec:
+def prior_model(start: DQCodec, opts: PriorFitOptions) -> DQCodec:
     """The starting model with the options' prior; only the bottom prior's parameters train."""
     if opts.window < 4 or opts.window % 4:
         raise DQError("the window must be a positive multiple of 4 latent positions")
-    model = deepened_prior(read_model_file(opts.init), opts.kernel, opts.blocks, opts.free_logits)
+    model = deepened_prior(start, opts.kernel, opts.blocks, opts.free_logits)
     margin = context_radius(model.config)
     if opts.window <= 2 * margin:
         raise DQError(f"the window ({opts.window}) must be wider than twice the prior's view ({margin})")
@@ -196,7 +196,7 @@ def load_codes(path: Path, key: dict[str, str]) -> tuple[list[PhotoCodes], list[
         with safe_open(str(path), framework="pt") as f:
             if f.metadata() != key:
                 return None
-        tensors = load_file(str(path))
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
     except (OSError, SafetensorError):
         return None
 
@@ -234,7 +234,8 @@ def fit_prior(opts: PriorFitOptions, resume: bool = False, log=print) -> Path | 
     Returns its path, or None when no validation beat the starting prior."""
     opts.out.mkdir(parents=True, exist_ok=True)
     ckpt_path = opts.out / "checkpoint.pt"
-    model = prior_model(opts)
+    start_model = read_model_file(opts.init)
+    model = prior_model(start_model, opts)
     optimizer = make_optimizer(model, opts.lr)
     step, best = 0, None
     if resume and ckpt_path.exists():
@@ -248,8 +249,7 @@ def fit_prior(opts: PriorFitOptions, resume: bool = False, log=print) -> Path | 
         raise DQError("prior fitting needs at least 5 images (a fifth is held out)")
     # assigned by the starting model (which the grown prior computes exactly), also when
     # resuming, so a resumed fit sees the codes an uninterrupted one would
-    train_codes, val_codes = all_codes(read_model_file(opts.init), train_paths, val_paths,
-                                       opts.codes_file, log)
+    train_codes, val_codes = all_codes(start_model, train_paths, val_paths, opts.codes_file, log)
     train_codes = [c for c in train_codes if min(c.bottom.shape[-2:]) >= opts.window]
     if not train_codes:
         side = opts.window * model.config.bottom_stride
@@ -261,6 +261,7 @@ def fit_prior(opts: PriorFitOptions, resume: bool = False, log=print) -> Path | 
     rng = random.Random(opts.seed * 1000 + step)
     points = model.config.rate_points
     margin = context_radius(model.config)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     bar = tqdm(total=opts.steps, initial=step, dynamic_ncols=True)
     t0, first = time.time(), step
     while step < opts.steps:
@@ -268,12 +269,10 @@ def fit_prior(opts: PriorFitOptions, resume: bool = False, log=print) -> Path | 
         cond, bottom, chosen, weights = random_windows(train_codes, opts, points, margin, rng)
         pixels = weights.sum() * model.config.bottom_stride**2
         bpp = model.bottom.information(bottom, cond, chosen, weights) / pixels
-        lr_now = learning_rate(step, opts.lr, opts.warmup, opts.steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_now * group.get("lr_scale", 1.0)
+        set_learning_rate(optimizer, learning_rate(step, opts.lr, opts.warmup, opts.steps))
         optimizer.zero_grad(set_to_none=True)
         bpp.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         step += 1
         bar.update(1)
@@ -287,8 +286,7 @@ def fit_prior(opts: PriorFitOptions, resume: bool = False, log=print) -> Path | 
             score = sum(math.log(b) for b in val)
             if score < best:
                 best = score
-                torch.save({"model": model.state_dict(), "config": model.config.to_json(), "step": step,
-                            "val": [{"bpp": b} for b in val]}, opts.out / "best.pt")
+                save_best(opts.out / "best.pt", model, step, [{"bpp": b} for b in val])
             save_checkpoint(ckpt_path, model, optimizer, step, best)
     bar.close()
     best_path = opts.out / "best.pt"

@@ -155,6 +155,12 @@ def learning_rate(step: int, lr: float, warmup: int, steps: int) -> float:
     return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """lr for every parameter group, scaled by the group's lr_scale (see make_optimizer)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
 def rd_loss(out: dict, x: Tensor, lmbda: Tensor, commitment: float) -> dict:
     """lmbda: the trade-off of each sample (B,)."""
     pixels = x.shape[0] * x.shape[2] * x.shape[3]
@@ -208,6 +214,12 @@ def save_checkpoint(path: Path, model: DQCodec, optimizer, step: int, best: floa
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                 "config": model.config.to_json(), "best_val": best}, tmp)
     os.replace(tmp, path)
+
+
+def save_best(path: Path, model: DQCodec, step: int, val: list[dict]) -> None:
+    """The weights a run's validation liked best, without optimizer state (what `export` reads)."""
+    torch.save({"model": model.state_dict(), "config": model.config.to_json(), "step": step, "val": val},
+               path)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -293,9 +305,7 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
     while step < opts.steps:
         stage = stage_at(step, opts)
         x = sampler.batch(stage.crop, stage.batch).to(device).float() / 255.0
-        lr_now = learning_rate(step, opts.lr, opts.warmup, opts.steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_now * group.get("lr_scale", 1.0)
+        set_learning_rate(optimizer, learning_rate(step, opts.lr, opts.warmup, opts.steps))
         ramp = min(1.0, step / max(1.0, ramp_share * opts.steps))
         for level in (model.top, model.bottom):
             level.rate_weight = config.rate_weight * ramp
@@ -316,8 +326,7 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
                 f"({(time.time() - t0) / 60:.1f} min for {step - start_step} steps)")
             if best is None or score < best:
                 best = score
-                torch.save({"model": model.state_dict(), "config": model.config.to_json(),
-                            "step": step, "val": v}, opts.out / "best.pt")
+                save_best(opts.out / "best.pt", model, step, v)
         if rank == 0 and (step % opts.checkpoint_every == 0 or step == opts.steps):
             save_checkpoint(ckpt_path, model, optimizer, step, best)
     bar.close()
@@ -440,7 +449,7 @@ def deepened_prior(model: DQCodec, kernel: int, blocks: int, free_logits: bool =
                                          prior_free_logits=free_logits))
     state = deeper.state_dict()
     for key, value in state.items():
-        if ".blocks." in key and key.rsplit(".", 2)[-2] == "3" or ".free." in key:
+        if (".blocks." in key and key.rsplit(".", 2)[-2] == "3") or ".free." in key:
             value.zero_()
     for key, value in model.state_dict().items():
         if value.shape == state[key].shape:
