@@ -16,7 +16,8 @@ peak, which the kernel carries over fork and exec, so it would report this proce
 
 Codecs:
   dqcodec     `Codec.encode_image` / `Codec.decode` (pixels <-> .dq bytes), with --model FILE,
-              else the shipped default model, else a random-weight `DQCodec()` (said so).
+              else the shipped default model, else a random-weight `DQCodec()` (said so);
+              --effort N times the encoder search (dqcodec encode --effort N).
   hyperprior  CompressAI `bmshj2018_hyperprior(quality=4)`, random weights.
   mbt2018     CompressAI `mbt2018(quality=4)`, random weights; its autoregressive
               context model is coded one latent position at a time (minutes on a 4K image:
@@ -60,7 +61,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit.script in
 class DQAdapter:
     name = "dqcodec"
 
-    def __init__(self, model_path: str | None):
+    def __init__(self, model_path: str | None, effort: int = 0):
         import torch
         from dqcodec import codec as dqc
         from dqcodec import zoo
@@ -79,9 +80,12 @@ class DQAdapter:
                 self.codec = dqc.Codec(DQCodec())
                 self.label = "RANDOM weights (no shipped model)"
         self.max_pixels = 1 << 40
+        self.effort = effort
+        if effort:
+            self.label += f", effort {effort}"
 
     def encode(self, image):
-        return self.codec.encode_image(image).data
+        return self.codec.encode_image(image, self.effort).data
 
     def decode(self, data):
         return self.codec.decode(data, max_pixels=self.max_pixels)
@@ -129,8 +133,8 @@ class CompressAIAdapter:
         return total(payload[0])
 
 
-def make_codec(name: str, model_path: str | None):
-    return DQAdapter(model_path) if name == "dqcodec" else CompressAIAdapter(name)
+def make_codec(name: str, model_path: str | None, effort: int = 0):
+    return DQAdapter(model_path, effort) if name == "dqcodec" else CompressAIAdapter(name)
 
 
 # --------------------------------------------------------------------------- memory child
@@ -155,12 +159,12 @@ def _peak_mb() -> float:
     return _maxrss_mb()
 
 
-def _child(queue, what: str, name: str, model_path: str | None, threads: int, arg) -> None:
+def _child(queue, what: str, name: str, model_path: str | None, threads: int, arg, effort: int) -> None:
     try:
         import torch
 
         torch.set_num_threads(threads)
-        codec = make_codec(name, model_path)
+        codec = make_codec(name, model_path, effort)
         base = _peak_mb()
         t0 = time.perf_counter()
         result = codec.encode(arg) if what == "encode" else codec.decode(arg)
@@ -173,10 +177,10 @@ def _child(queue, what: str, name: str, model_path: str | None, threads: int, ar
         queue.put({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
 
 
-def peak_memory(what: str, name: str, model_path: str | None, threads: int, arg) -> dict:
+def peak_memory(what: str, name: str, model_path: str | None, threads: int, arg, effort: int = 0) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(queue, what, name, model_path, threads, arg))
+    proc = ctx.Process(target=_child, args=(queue, what, name, model_path, threads, arg, effort))
     proc.start()
     try:
         result = queue.get()
@@ -326,6 +330,7 @@ def main(argv=None) -> int:
                         + ", ".join(CODECS))
     parser.add_argument("--skip-slow", action="store_true", help="skip mbt2018 on the large image")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
+    parser.add_argument("--effort", type=int, default=0, help="dqcodec's encoder search level")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--json", help="save the results to this file")
     args = parser.parse_args(argv)
@@ -345,7 +350,7 @@ def main(argv=None) -> int:
           f"{platform.processor() or platform.machine()}; {args.runs} timed run(s) after a warm-up")
     codecs = {}
     for name in names:
-        codecs[name] = make_codec(name, args.model)
+        codecs[name] = make_codec(name, args.model, args.effort)
         print(f"  {name}: {codecs[name].label}")
 
     rows = []
@@ -363,7 +368,8 @@ def main(argv=None) -> int:
                 row = time_codec(codecs[name], image, args.runs, None)
             payload = row.pop("payload")
             if not args.no_memory:
-                row["memory_encode"] = peak_memory("encode", name, args.model, args.threads, image)
+                row["memory_encode"] = peak_memory("encode", name, args.model, args.threads, image,
+                                                    args.effort)
                 row["memory_decode"] = peak_memory("decode", name, args.model, args.threads, payload)
             row.update(codec=name, image=image_name, width=image.width, height=image.height)
             rows.append(row)

@@ -16,6 +16,7 @@ from dqcodec.container import DQFile
 from dqcodec.errors import DQError
 from dqcodec.fileio import check_output, write_atomic, write_bytes_atomic
 from dqcodec.image_io import open_image, save_format
+from dqcodec.refinement import EFFORT_STEPS
 
 
 def user_errors(command):
@@ -80,6 +81,11 @@ def run_batch(inputs, outputs, work) -> None:
         raise DQError(f"{failed} of {len(inputs)} files failed")
 
 
+EFFORT_OPTION = dict(type=click.IntRange(0, len(EFFORT_STEPS) - 1), default=0, show_default=True,
+                     help="Encoder search: 1 refines each image's codes by a few gradient steps "
+                     "(several times slower encoding, same decoding, about 9% fewer bits for the quality).")
+
+
 @click.group()
 @click.version_option(dqcodec.__version__, prog_name="dqcodec")
 def main():
@@ -94,9 +100,10 @@ def main():
 @click.option("--model", type=click.Path(path_type=Path), help="A model file (.safetensors).")
 @click.option("--rate-point", type=int, help="With --model: the rate point of a variable-rate model "
               "(0 = lowest rate) [default: its highest].")
+@click.option("-e", "--effort", **EFFORT_OPTION)
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
 @user_errors
-def encode(inputs, output, outdir, quality, model, rate_point, force):
+def encode(inputs, output, outdir, quality, model, rate_point, effort, force):
     """Compress images to .dq files."""
     codec = load_codec(quality, model, model_rate_point(model, rate_point))
     outputs = output_paths(inputs, output, outdir, ".dq")
@@ -104,7 +111,7 @@ def encode(inputs, output, outdir, quality, model, rate_point, force):
     def work(src: Path, dst: Path) -> None:
         check_output(src, dst, force)
         image = open_image(src)
-        data = codec.encode(image)
+        data = codec.encode(image, effort)
         write_bytes_atomic(dst, data)
         bpp = len(data) * 8 / (image.width * image.height)
         click.echo(f"{src} -> {dst}: {image.width}x{image.height}, {len(data)} bytes, {bpp:.4f} bpp")
@@ -163,11 +170,12 @@ def info(input):
 @click.option("--published-dir", type=click.Path(path_type=Path), help="Folder of CompressAI result JSON files.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write an RD plot (PNG).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write all figures as JSON.")
+@click.option("-e", "--effort", **EFFORT_OPTION)
 @click.option("-v", "--verbose", is_flag=True, help="Per-image tables for every level.")
 @click.option("--progress/--no-progress", default=True)
 @user_errors
 def eval_(dataset, data_dir, quality, model, rate_point, compare, published, published_dir, plot_path,
-          json_path, verbose, progress):
+          json_path, effort, verbose, progress):
     """Rate-distortion of dqcodec (and other codecs) on a dataset, from real bitstreams."""
     from dqcodec import baselines, evaluation, rd
     from dqcodec.datasets import resolve_dataset
@@ -181,12 +189,13 @@ def eval_(dataset, data_dir, quality, model, rate_point, compare, published, pub
         codecs = [load_codec(quality, model, model_rate_point(model, rate_point))]
     else:
         codecs = [load_codec(q) for q in shipped_models()] or [load_codec()]
-    reports, curves = [], {"dqcodec": []}
+    ours = f"dqcodec-e{effort}" if effort else "dqcodec"
+    reports, curves = [], {ours: []}
     for codec in codecs:
-        results = evaluation.evaluate(codec, paths, progress=progress)
-        summary = evaluation.report(codec, str(data_dir or dataset), results)
+        results = evaluation.evaluate(codec, paths, progress=progress, effort=effort)
+        summary = evaluation.report(codec, str(data_dir or dataset), results, effort)
         reports.append(summary)
-        curves["dqcodec"].append(evaluation.curve_point(codec.setting, results))
+        curves[ours].append(evaluation.curve_point(codec.setting, results))
         if verbose or len(codecs) == 1:
             click.echo(f"dqcodec {codec.setting} ({codec.model_id.hex()}):")
             click.echo(format_table(summary))

@@ -15,8 +15,9 @@ def load_model(quality: int | None = None, path: str | Path | None = None) -> Co
 
 
 def encode(image: Image.Image | str | Path, quality: int | None = None,
-           model: str | Path | None = None) -> bytes:
-    return load_codec(quality, model).encode(image)
+           model: str | Path | None = None, effort: int = 0) -> bytes:
+    """effort 1 searches for better codes (slower encoding, same decoding)."""
+    return load_codec(quality, model).encode(image, effort)
 
 
 def decode(data: bytes, model: str | Path | None = None) -> Image.Image:

@@ -15,6 +15,7 @@ from .container import DQFile
 from .errors import DQError
 from .image_io import open_image, split_alpha, to_image, to_tensor
 from .model import DQCodec, pad_to_stride
+from .refinement import EFFORT_STEPS, refine_features
 from . import zoo
 
 DEFAULT_MAX_PIXELS = 1 << 26  # 67 MP; raise with max_pixels / --max-pixels
@@ -40,6 +41,12 @@ def index_checksum(*indices: torch.Tensor) -> int:
     for idx in indices:
         crc = zlib.crc32(idx.to(torch.int16).numpy().tobytes(), crc)
     return crc
+
+
+def effort_steps(effort: int) -> int:
+    if not 0 <= effort < len(EFFORT_STEPS):
+        raise DQError(f"effort {effort} does not exist (0-{len(EFFORT_STEPS) - 1})")
+    return EFFORT_STEPS[effort]
 
 
 @dataclass
@@ -72,12 +79,18 @@ class Codec:
             return f"q{self.quality}"
         return f"p{self.rate_point}" if self.model.config.rate_points > 1 else "model"
 
-    @torch.inference_mode()
-    def encode_image(self, image: Image.Image) -> EncodeResult:
+    @torch.no_grad()  # not inference_mode: effort > 0 runs gradient steps inside
+    def encode_image(self, image: Image.Image, effort: int = 0) -> EncodeResult:
+        """effort: 0 codes the analysis transform's features; higher levels first refine
+        them for this image (slower encoding, same decoding; see refinement.py)."""
+        steps = effort_steps(effort)
         rgb, alpha, mode = split_alpha(image)
         x = pad_to_stride(to_tensor(rgb), self.stride)
         with fixed_threads():
-            out = self.model.compress(x, self.rate_weight, self.rate_point)
+            features = self.model.analyse_image(x)
+            features = refine_features(self.model, x, features, self.rate_point, steps,
+                                       self.rate_weight, size=(rgb.height, rgb.width))
+            out = self.model.compress(x, self.rate_weight, self.rate_point, features=features)
         top, bottom = out["strings"]
         alpha_bytes = zlib.compress(alpha.tobytes(), 9) if alpha is not None else b""
         crc = index_checksum(out["indices"]["top"], out["indices"]["bottom"])
@@ -85,10 +98,10 @@ class Codec:
                     alpha_bytes, crc)
         return EncodeResult(dq.to_bytes(), out["information_bits"])
 
-    def encode(self, image: Image.Image | str | Path) -> bytes:
+    def encode(self, image: Image.Image | str | Path, effort: int = 0) -> bytes:
         if not isinstance(image, Image.Image):
             image = open_image(image)
-        return self.encode_image(image).data
+        return self.encode_image(image, effort).data
 
     @torch.inference_mode()
     def decode(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

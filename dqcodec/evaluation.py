@@ -28,10 +28,10 @@ class ImageResult:
     entropy_bpp: float  # the prior's cross-entropy of the coded indices
 
 
-def evaluate_image(codec: Codec, path: Path) -> ImageResult:
+def evaluate_image(codec: Codec, path: Path, effort: int = 0) -> ImageResult:
     image = open_image(path)
     start = time.perf_counter()
-    encoded = codec.encode_image(image)
+    encoded = codec.encode_image(image, effort)
     encode_s = time.perf_counter() - start
     start = time.perf_counter()
     decoded = codec.decode(encoded.data)
@@ -44,8 +44,8 @@ def evaluate_image(codec: Codec, path: Path) -> ImageResult:
     )
 
 
-def evaluate(codec: Codec, paths: list[Path], progress: bool = True) -> list[ImageResult]:
-    return [evaluate_image(codec, p) for p in tqdm(paths, desc="dqcodec", disable=not progress)]
+def evaluate(codec: Codec, paths: list[Path], progress: bool = True, effort: int = 0) -> list[ImageResult]:
+    return [evaluate_image(codec, p, effort) for p in tqdm(paths, desc="dqcodec", disable=not progress)]
 
 
 def summarize(results: list[ImageResult]) -> dict:
@@ -57,10 +57,11 @@ def summarize(results: list[ImageResult]) -> dict:
     return mean
 
 
-def report(codec: Codec, dataset: str, results: list[ImageResult]) -> dict:
+def report(codec: Codec, dataset: str, results: list[ImageResult], effort: int = 0) -> dict:
     return {
         "dataset": dataset,
-        "codec": {"name": "dqcodec", "quality": codec.quality, "model_id": codec.model_id.hex()},
+        "codec": {"name": "dqcodec", "quality": codec.quality, "model_id": codec.model_id.hex(),
+                  "effort": effort},
         "images": [asdict(r) for r in results],
         "mean": summarize(results),
     }

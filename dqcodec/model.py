@@ -106,16 +106,29 @@ class DQCodec(CompressionModel):
     def forward(self, x: Tensor, point: Tensor | int | None = None) -> dict:
         """point: rate point of each sample (B,) or of all; default the highest."""
         point = self._points(x.shape[0], point, x.device)
-        levels = self._through_levels(self.analyse(x), point,
+        x_hat, levels = self._decoded(self.analyse(x), point,
                                       lambda level, latent, cond: level(latent, cond, point))
-        top, bottom, cond = levels["top"], levels["bottom"], levels["cond"]
-        y = self._unscaled(bottom["y_hat"], self._gain("bottom", point))
+        top, bottom = levels["top"], levels["bottom"]
         return {
-            "x_hat": self.synthesise(torch.cat([y, cond], 1)),
+            "x_hat": x_hat,
             "bits": {"top": top["bits"], "bottom": bottom["bits"]},
             "commitment": top["commitment"] + bottom["commitment"],
             "latents": {name: latent.detach() for name, latent in levels["latents"].items()},
         }
+
+    def reconstruct_assigned(self, features: Tensor, point: int, rate_weight: float | None = None) -> Tensor:
+        """The image the encoder's codes for `features` decode to (unclamped), differentiable
+        in the features through the straight-through estimate: what encoder-side refinement
+        descends. Untiled: callers bound the size."""
+        point = self._points(features.shape[0], point, features.device)
+        x_hat, _ = self._decoded(features, point, lambda level, latent, cond:
+                                 level.assign_straight_through(latent, cond, point, rate_weight))
+        return x_hat
+
+    def _decoded(self, features: Tensor, point: Tensor, code) -> tuple[Tensor, dict]:
+        levels = self._through_levels(features, point, code)
+        y = self._unscaled(levels["bottom"]["y_hat"], self._gain("bottom", point))
+        return self.synthesise(torch.cat([y, levels["cond"]], 1)), levels
 
     def _through_levels(self, features: Tensor, point: Tensor, code) -> dict:
         """The encoder's walk down the hierarchy, shared by training, coding and code
@@ -128,10 +141,17 @@ class DQCodec(CompressionModel):
                 "latents": {"top": t, "bottom": z}}
 
     @torch.no_grad()
-    def compress(self, x: Tensor, rate_weight: float | None = None, point: int | None = None) -> dict:
-        point = self._points(1, point, x.device)
+    def analyse_image(self, x: Tensor) -> Tensor:
+        """analyse(x) of a whole image in bounded memory: the features `compress` codes."""
         x = x.contiguous(memory_format=torch.channels_last)  # faster CPU convolutions
-        h = tiled_analysis(self.analyse, x, stride=self.config.bottom_stride)
+        return tiled_analysis(self.analyse, x, stride=self.config.bottom_stride)
+
+    @torch.no_grad()
+    def compress(self, x: Tensor, rate_weight: float | None = None, point: int | None = None,
+                 features: Tensor | None = None) -> dict:
+        """features: `analyse_image(x)` when the caller already has it (refined, say)."""
+        point = self._points(1, point, x.device)
+        h = self.analyse_image(x) if features is None else features
         levels = self._through_levels(h, point, lambda level, latent, cond:
                                       level.compress(latent, cond, point, rate_weight))
         top, bottom = levels["top"], levels["bottom"]
