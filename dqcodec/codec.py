@@ -15,7 +15,7 @@ from .container import DQFile
 from .errors import DQError
 from .image_io import open_image, split_alpha, to_image, to_tensor
 from .model import DQCodec, pad_to_stride
-from .refinement import EFFORT_STEPS, refine_features
+from .refinement import effort_steps, refine_features
 from . import zoo
 
 DEFAULT_MAX_PIXELS = 1 << 26  # 67 MP; raise with max_pixels / --max-pixels
@@ -41,12 +41,6 @@ def index_checksum(*indices: torch.Tensor) -> int:
     for idx in indices:
         crc = zlib.crc32(idx.to(torch.int16).numpy().tobytes(), crc)
     return crc
-
-
-def effort_steps(effort: int) -> int:
-    if not 0 <= effort < len(EFFORT_STEPS):
-        raise DQError(f"effort {effort} does not exist (0-{len(EFFORT_STEPS) - 1})")
-    return EFFORT_STEPS[effort]
 
 
 @dataclass
@@ -81,8 +75,8 @@ class Codec:
 
     @torch.no_grad()  # not inference_mode: effort > 0 runs gradient steps inside
     def encode_image(self, image: Image.Image, effort: int = 0) -> EncodeResult:
-        """effort: 0 codes the analysis transform's features; higher levels first refine
-        them for this image (slower encoding, same decoding; see refinement.py)."""
+        """effort: 0 codes the analysis transform's features; 1 first refines them for
+        this image (slower encoding, same decoding; see refinement.py)."""
         steps = effort_steps(effort)
         rgb, alpha, mode = split_alpha(image)
         x = pad_to_stride(to_tensor(rgb), self.stride)

@@ -116,7 +116,8 @@ class DQCodec(CompressionModel):
             "latents": {name: latent.detach() for name, latent in levels["latents"].items()},
         }
 
-    def reconstruct_assigned(self, features: Tensor, point: int, rate_weight: float | None = None) -> Tensor:
+    def reconstruct_assigned(self, features: Tensor, point: Tensor | int,
+                             rate_weight: float | None = None) -> Tensor:
         """The image the encoder's codes for `features` decode to (unclamped), differentiable
         in the features through the straight-through estimate: what encoder-side refinement
         descends. Untiled: callers bound the size."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .errors import DQError
 from .model import DQCodec
 from .tiling import tile_spans
 
@@ -27,6 +28,12 @@ EFFORT_STEPS = (0, 3)
 LEARNING_RATE = 0.05  # Adam, on features whose typical magnitude is ~1
 WINDOW = 48  # features (768 px) per window side: bounds the memory of the backward pass
 MARGIN = 4  # features of context around each window (one top-level position)
+
+
+def effort_steps(effort: int) -> int:
+    if not 0 <= effort < len(EFFORT_STEPS):
+        raise DQError(f"effort {effort} does not exist (0-{len(EFFORT_STEPS) - 1})")
+    return EFFORT_STEPS[effort]
 
 
 def refine_features(model: DQCodec, x: Tensor, features: Tensor, point: int, steps: int,
