@@ -15,6 +15,7 @@ worse (docs/encoder_search.md).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import DQError
@@ -50,9 +51,8 @@ def refine_features(model: DQCodec, x: Tensor, features: Tensor, point: int, ste
     refined = features.clone()
     for rows, cols in windows(features.shape[-2:], model.config.top_stride // scale, window, margin):
         (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) = rows, cols
-        crop = (slice(r0 * scale, min(height, r1 * scale)), slice(c0 * scale, min(width, c1 * scale)))
-        part = _descend(model, x[..., crop[0], crop[1]], features[..., r0:r1, c0:c1], point, steps,
-                        rate_weight)
+        target = x[..., r0 * scale:min(height, r1 * scale), c0 * scale:min(width, c1 * scale)]
+        part = _descend(model, target, features[..., r0:r1, c0:c1], point, steps, rate_weight)
         refined[..., cr0:cr1, cc0:cc1] = part[..., cr0 - r0:cr1 - r0, cc0 - c0:cc1 - c0]
     return refined
 
@@ -79,7 +79,7 @@ def _descend(model: DQCodec, target: Tensor, start: Tensor, point: int, steps: i
     with torch.enable_grad():
         for _ in range(steps):
             x_hat = model.reconstruct_assigned(h, point, rate_weight)[..., :height, :width]
-            loss = (x_hat - target).pow(2).mean()
+            loss = F.mse_loss(x_hat, target)
             (h.grad,) = torch.autograd.grad(loss, [h])  # no gradients for the weights
             optimizer.step()
     return h.detach()
