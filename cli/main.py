@@ -275,6 +275,9 @@ def format_comparison(comparison: dict, names: list[str]) -> str:
 @click.option("--steps", type=int, default=20000, show_default=True)
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True),
               help="Train for about this long instead: --steps becomes what fits, timed on this device first.")
+@click.option("--stop-after", type=click.FloatRange(min=0, min_open=True),
+              help="Stop after this many minutes of wall time, mid-schedule, with a checkpoint that "
+              "--resume continues (with --minutes, the resumed run keeps the schedule it sized).")
 @click.option("--lr", type=float, default=3e-4, show_default=True)
 @click.option("--lambda", "lmbda", type=float, default=0.0067, show_default=True, help="Rate-distortion trade-off.")
 @click.option("--lambdas", help="A variable-rate model: one rate point per trade-off, e.g. "
@@ -296,7 +299,7 @@ def format_comparison(comparison: dict, names: list[str]) -> str:
               help="Arithmetic of the transforms while training; auto: bf16 where the hardware "
               "supports it. The prior always trains in fp32.")
 @user_errors
-def train(data, out, steps, minutes, lr, lmbda, lambdas, groups, codebook_size, width, init, rate_weight, stages,
+def train(data, out, steps, minutes, stop_after, lr, lmbda, lambdas, groups, codebook_size, width, init, rate_weight, stages,
           warmup, resume, device, precision):
     """Train a model (progressive crop sizes, resumable)."""
     import dataclasses
@@ -316,7 +319,7 @@ def train(data, out, steps, minutes, lr, lmbda, lambdas, groups, codebook_size, 
                            init_lmbda=lmbda if init else None,
                            init_lambdas=points if init and points else None,
                            init_rate_weight=rate_weight if init else None, warmup=warmup, device=device,
-                           precision=precision, minutes=minutes,
+                           precision=precision, minutes=minutes, stop_after=stop_after,
                            stages=parse_stages(stages) if stages else DEFAULT_STAGES)
     best = run_training(options,
                         resume=resume, log=lambda m: click.echo(m, err=True))

@@ -287,7 +287,7 @@ def fit_prior(opts: PriorFitOptions, resume: bool = False, log=print) -> Path | 
             if score < best:
                 best = score
                 save_best(opts.out / "best.pt", model, step, [{"bpp": b} for b in val])
-            save_checkpoint(ckpt_path, model, optimizer, step, best)
+            save_checkpoint(ckpt_path, model, optimizer, step, best, opts.steps)
     bar.close()
     best_path = opts.out / "best.pt"
     if not best_path.exists():

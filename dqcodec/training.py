@@ -62,6 +62,9 @@ class TrainOptions:
     precision: str = "auto"
     # a wall-time budget: `steps` becomes what fits in it, timed on this device at the start
     minutes: float | None = None
+    # stop this invocation after so many minutes (with a checkpoint), mid-schedule: a run split
+    # over time-limited machines continues with `resume`
+    stop_after: float | None = None
 
 
 def parse_stages(text: str) -> tuple[Stage, ...]:
@@ -209,10 +212,11 @@ def validation_score(results: list[dict]) -> float:
     return float(sum(math.log(rd_cost(r["lmbda"], r["psnr"], r["bpp"])) for r in results))
 
 
-def save_checkpoint(path: Path, model: DQCodec, optimizer, step: int, best: float | None) -> None:
+def save_checkpoint(path: Path, model: DQCodec, optimizer, step: int, best: float | None,
+                    schedule_steps: int) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "config": model.config.to_json(), "best_val": best}, tmp)
+                "schedule_steps": schedule_steps, "config": model.config.to_json(), "best_val": best}, tmp)
     os.replace(tmp, path)
 
 
@@ -257,6 +261,7 @@ def _distributed() -> tuple[int, int]:
 
 
 def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
+    started = time.time()
     rank, world = _distributed()
     device = resolve_device(opts.device, rank)
     if device.type == "cuda":
@@ -291,7 +296,11 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
     sampler = CropSampler(train_paths[rank::world], rng)
     val_images = [load_rgb(p) for p in val_paths]
 
-    if opts.minutes is not None:
+    if opts.minutes is not None and state and "schedule_steps" in state:
+        opts = dataclasses.replace(opts, steps=state["schedule_steps"])
+        if rank == 0:
+            log(f"continuing the schedule of {opts.steps} steps that --minutes {opts.minutes:g} sized")
+    elif opts.minutes is not None:
         opts = dataclasses.replace(opts, steps=step + budgeted_steps(model, opts, device, bf16, world))
         if rank == 0:
             log(f"{opts.minutes:g} minutes: {opts.steps - step} steps")
@@ -327,10 +336,26 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
             if best is None or score < best:
                 best = score
                 save_best(opts.out / "best.pt", model, step, v)
-        if rank == 0 and (step % opts.checkpoint_every == 0 or step == opts.steps):
-            save_checkpoint(ckpt_path, model, optimizer, step, best)
+        stopping = step < opts.steps and step % 10 == 0 and time_is_up(started, opts.stop_after, world, device)
+        if rank == 0 and (step % opts.checkpoint_every == 0 or step == opts.steps or stopping):
+            save_checkpoint(ckpt_path, model, optimizer, step, best, opts.steps)
+        if stopping:
+            if rank == 0:
+                log(f"stopped after {opts.stop_after:g} minutes at step {step} of {opts.steps}: "
+                    f"continue with --resume")
+            break
     bar.close()
     return opts.out / "best.pt"
+
+
+def time_is_up(started: float, stop_after: float | None, world: int, device: torch.device) -> bool:
+    """Whether `stop_after` minutes have passed since `started`; under DDP, rank 0's answer."""
+    if stop_after is None:
+        return False
+    up = torch.tensor([time.time() - started >= stop_after * 60], device=device)
+    if world > 1:
+        dist.broadcast(up, 0)
+    return bool(up)
 
 
 def starting_model(opts: TrainOptions, state: dict | None, log) -> DQCodec:

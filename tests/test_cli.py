@@ -210,6 +210,28 @@ def test_train_for_a_wall_time_budget(tmp_path, training_photos):
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == steps
 
 
+def test_a_run_split_by_stop_after_resumes_the_same_schedule(tmp_path, training_photos, monkeypatch):
+    import torch
+
+    from dqcodec import training
+
+    monkeypatch.setattr(training, "steps_within", lambda *a: 40)
+    out = tmp_path / "run"
+    args = ["train", "--data", training_photos, "--out", out, "--width", 8, "--groups", 4,
+            "--codebook-size", 4, "--stages", "64x2:1", "--minutes", 5]
+    r = run(*args, "--stop-after", 1e-6)
+    assert r.exit_code == 0, r.output
+    assert "stopped after" in r.output and "at step 10 of 40" in r.output
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert (state["step"], state["schedule_steps"]) == (10, 40)
+
+    monkeypatch.setattr(training, "steps_within", lambda *a: 7)  # a re-timing would end at 17
+    r = run(*args, "--resume")
+    assert r.exit_code == 0, r.output
+    assert "continuing the schedule of 40 steps" in r.output
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 40
+
+
 def test_steps_within_a_budget_follow_the_stage_times(monkeypatch):
     from dqcodec import training
 
