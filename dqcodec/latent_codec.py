@@ -128,9 +128,12 @@ class DQLatentCodec(LatentCodec):
     def assign_straight_through(self, z: Tensor, cond: Tensor, point: Tensor,
                                 rate_weight: float | None = None) -> dict:
         """`assign`'s codes, with the straight-through gradient to z: what encoder-side
-        refinement descends (the prior only picks the codes; it gets no gradient)."""
-        indices = self.assign(z, cond, point, rate_weight)["indices"]
-        return {"y_hat": self.quantizer.straight_through(z, indices, slice(None)), "indices": indices}
+        refinement descends (the prior only picks the codes; it gets no gradient). The codes
+        are chosen in fp32 even when the search runs the transforms in bf16."""
+        with torch.autocast(z.device.type, enabled=False):
+            z = z.float()
+            indices = self.assign(z, cond.float(), point, rate_weight)["indices"]
+            return {"y_hat": self.quantizer.straight_through(z, indices, slice(None)), "indices": indices}
 
     def information(self, indices: Tensor, cond: Tensor, point: Tensor,
                     weights: Tensor | None = None) -> Tensor:

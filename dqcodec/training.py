@@ -21,6 +21,7 @@ from tqdm import tqdm
 from .config import ModelConfig
 from .datasets import list_images
 from .errors import DQError
+from .hardware import bf16_supported
 from .model import DQCodec
 from .zoo import read_model_file
 
@@ -246,9 +247,7 @@ def resolve_autocast(precision: str, device: torch.device) -> bool:
     if precision not in ("auto", "fp32", "bf16"):
         raise DQError(f"unknown precision {precision!r}: expected auto, fp32 or bf16")
     if precision == "auto":
-        if device.type == "cuda":
-            return torch.cuda.is_bf16_supported()
-        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return bf16_supported(device)
     return precision == "bf16"
 
 

@@ -44,7 +44,9 @@ def _distortion(model, x, features, point=0):
 
 
 @pytest.mark.parametrize("window", [48, 4])  # one window; many windows with margins
-def test_refinement_lowers_the_distortion_of_the_assigned_codes(window):
+@pytest.mark.parametrize("bf16", [True, False])
+def test_refinement_lowers_the_distortion_of_the_assigned_codes(window, bf16, monkeypatch):
+    monkeypatch.setattr("dqcodec.refinement.bf16_supported", lambda device: bf16)
     model = tiny_model(0)
     x = pad_to_stride(to_tensor(photo(128, 128, 7)), 64)
     features = model.analyse_image(x)
@@ -75,9 +77,11 @@ def test_unknown_effort_is_refused():
         Codec(tiny_model(0)).encode(photo(64, 64), effort=len(EFFORT_STEPS))
 
 
-def test_effort_raises_quality_with_the_shipped_model():
+@pytest.mark.parametrize("bf16", [True, False])  # the search's transforms in bf16 or fp32
+def test_effort_raises_quality_with_the_shipped_model(bf16, monkeypatch):
     """The point of the search, on a real photo with the trained default level: a crop of
     the bundled sample, so that the test stays fast."""
+    monkeypatch.setattr("dqcodec.refinement.bf16_supported", lambda device: bf16)
     image = Image.open(SAMPLE).convert("RGB").crop((0, 0, 256, 192))
     codec = load_codec()
     plain, searched = (codec.decode(codec.encode(image, e)) for e in (0, len(EFFORT_STEPS) - 1))
