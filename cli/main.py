@@ -323,7 +323,10 @@ def train(data, out, steps, minutes, stop_after, lr, lmbda, lambdas, groups, cod
                            stages=parse_stages(stages) if stages else DEFAULT_STAGES)
     best = run_training(options,
                         resume=resume, log=lambda m: click.echo(m, err=True))
-    click.echo(f"best checkpoint: {best}")
+    if best.exists():
+        click.echo(f"best checkpoint: {best}")
+    else:  # stopped by --stop-after before the first validation
+        click.echo(f"checkpoint: {out / 'checkpoint.pt'} (not validated yet)")
 
 
 @main.command(name="fit-prior")

@@ -222,6 +222,7 @@ def test_a_run_split_by_stop_after_resumes_the_same_schedule(tmp_path, training_
     r = run(*args, "--stop-after", 1e-6)
     assert r.exit_code == 0, r.output
     assert "stopped after" in r.output and "at step 10 of 40" in r.output
+    assert "best checkpoint" not in r.output and "not validated yet" in r.output
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert (state["step"], state["schedule_steps"]) == (10, 40)
 
