@@ -321,12 +321,8 @@ def train(data, out, steps, minutes, stop_after, lr, lmbda, lambdas, groups, cod
                            init_rate_weight=rate_weight if init else None, warmup=warmup, device=device,
                            precision=precision, minutes=minutes, stop_after=stop_after,
                            stages=parse_stages(stages) if stages else DEFAULT_STAGES)
-    best = run_training(options,
-                        resume=resume, log=lambda m: click.echo(m, err=True))
-    if best.exists():
-        click.echo(f"best checkpoint: {best}")
-    else:  # stopped by --stop-after before the first validation
-        click.echo(f"checkpoint: {out / 'checkpoint.pt'} (not validated yet)")
+    kept = run_training(options, resume=resume, log=lambda m: click.echo(m, err=True))
+    click.echo(f"best checkpoint: {kept}" if kept.name == "best.pt" else f"checkpoint (not validated yet): {kept}")
 
 
 @main.command(name="fit-prior")

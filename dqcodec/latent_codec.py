@@ -121,19 +121,18 @@ class DQLatentCodec(LatentCodec):
 
     @torch.no_grad()
     def assign(self, z: Tensor, cond: Tensor, point: Tensor, rate_weight: float | None = None) -> dict:
-        """y_hat and indices as the encoder would choose them, without coding them."""
-        y_hat, indices, _ = self._run_passes(cond, point, self._assigner(z, rate_weight))
+        """y_hat and indices as the encoder would choose them, without coding them. The codes
+        are chosen in fp32 even under a caller's bf16 autocast (the encoder search's)."""
+        with torch.autocast(z.device.type, enabled=False):
+            y_hat, indices, _ = self._run_passes(cond.float(), point, self._assigner(z.float(), rate_weight))
         return {"y_hat": y_hat, "indices": indices}
 
     def assign_straight_through(self, z: Tensor, cond: Tensor, point: Tensor,
                                 rate_weight: float | None = None) -> dict:
         """`assign`'s codes, with the straight-through gradient to z: what encoder-side
-        refinement descends (the prior only picks the codes; it gets no gradient). The codes
-        are chosen in fp32 even when the search runs the transforms in bf16."""
-        with torch.autocast(z.device.type, enabled=False):
-            z = z.float()
-            indices = self.assign(z, cond.float(), point, rate_weight)["indices"]
-            return {"y_hat": self.quantizer.straight_through(z, indices, slice(None)), "indices": indices}
+        refinement descends (the prior only picks the codes; it gets no gradient)."""
+        indices = self.assign(z, cond, point, rate_weight)["indices"]
+        return {"y_hat": self.quantizer.straight_through(z.float(), indices, slice(None)), "indices": indices}
 
     def information(self, indices: Tensor, cond: Tensor, point: Tensor,
                     weights: Tensor | None = None) -> Tensor:

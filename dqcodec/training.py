@@ -260,6 +260,8 @@ def _distributed() -> tuple[int, int]:
 
 
 def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
+    """Runs (or resumes) training; returns best.pt, or the last checkpoint when the run
+    stopped (`stop_after`) before its first validation."""
     started = time.time()
     rank, world = _distributed()
     device = resolve_device(opts.device, rank)
@@ -344,17 +346,20 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
                     f"continue with --resume")
             break
     bar.close()
-    return opts.out / "best.pt"
+    best_path = opts.out / "best.pt"
+    return best_path if best_path.exists() else ckpt_path  # stopped before any validation
 
 
 def time_is_up(started: float, stop_after: float | None, world: int, device: torch.device) -> bool:
     """Whether `stop_after` minutes have passed since `started`; under DDP, rank 0's answer."""
     if stop_after is None:
         return False
-    up = torch.tensor([time.time() - started >= stop_after * 60], device=device)
-    if world > 1:
-        dist.broadcast(up, 0)
-    return bool(up)
+    up = time.time() - started >= stop_after * 60
+    if world > 1:  # only then a device round trip
+        shared = torch.tensor([up], device=device)
+        dist.broadcast(shared, 0)
+        up = bool(shared)
+    return up
 
 
 def starting_model(opts: TrainOptions, state: dict | None, log) -> DQCodec:
