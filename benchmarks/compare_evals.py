@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import re
+from itertools import zip_longest
 from pathlib import Path
 
 import click
 
+from dqcodec.evaluation import rd_pairs
 from dqcodec.rd import bd_rate
 
 
@@ -49,6 +51,12 @@ def dqcodec_curve(path: Path, settings: list[str] | None) -> list[dict]:
     return [by_setting[s] for s in settings]
 
 
+def point_cells(point: dict | None) -> str:
+    if point is None:
+        return " " * 23
+    return f"{point['setting']:>6}{point['bpp']:>9.4f}{point['psnr']:>8.2f}"
+
+
 @click.command()
 @click.argument("a", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("b", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -58,11 +66,10 @@ def main(a: Path, b: Path, a_settings: str | None, b_settings: str | None) -> No
     curve_a = dqcodec_curve(a, parse_settings(a_settings))
     curve_b = dqcodec_curve(b, parse_settings(b_settings))
     click.echo(f"{'A':>6}{'bpp':>9}{'PSNR':>8}   {'B':>6}{'bpp':>9}{'PSNR':>8}")
-    for pa, pb in zip(curve_a, curve_b):
-        click.echo(f"{pa['setting']:>6}{pa['bpp']:>9.4f}{pa['psnr']:>8.2f}   "
-                   f"{pb['setting']:>6}{pb['bpp']:>9.4f}{pb['psnr']:>8.2f}")
-    pairs = [[(p["bpp"], p["psnr"]) for p in curve] for curve in (curve_a, curve_b)]
-    value = bd_rate(*pairs)
+    for pa, pb in zip_longest(curve_a, curve_b):
+        click.echo(f"{point_cells(pa)}   {point_cells(pb)}")
+    pairs = rd_pairs({"a": curve_a, "b": curve_b})
+    value = bd_rate(pairs["a"], pairs["b"])
     click.echo("BD-rate of B against A: " + ("curves do not overlap" if value is None else f"{value:+.2f}%"))
 
 
