@@ -47,6 +47,8 @@ import time
 import warnings
 from pathlib import Path
 
+from dqcodec.refinement import DEFAULT_EFFORT
+
 REPO = Path(__file__).resolve().parents[1]
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 LARGE_SIZE = (3840, 2160)
@@ -61,7 +63,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit.script in
 class DQAdapter:
     name = "dqcodec"
 
-    def __init__(self, model_path: str | None, effort: int = 0):
+    def __init__(self, model_path: str | None, effort: int):
         import torch
         from dqcodec import codec as dqc
         from dqcodec import zoo
@@ -81,8 +83,7 @@ class DQAdapter:
                 self.label = "RANDOM weights (no shipped model)"
         self.max_pixels = 1 << 40
         self.effort = effort
-        if effort:
-            self.label += f", effort {effort}"
+        self.label += f", effort {effort}"
 
     def encode(self, image):
         return self.codec.encode_image(image, self.effort).data
@@ -133,7 +134,7 @@ class CompressAIAdapter:
         return total(payload[0])
 
 
-def make_codec(name: str, model_path: str | None, effort: int = 0):
+def make_codec(name: str, model_path: str | None, effort: int = DEFAULT_EFFORT):
     return DQAdapter(model_path, effort) if name == "dqcodec" else CompressAIAdapter(name)
 
 
@@ -177,7 +178,8 @@ def _child(queue, what: str, name: str, model_path: str | None, threads: int, ar
         queue.put({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
 
 
-def peak_memory(what: str, name: str, model_path: str | None, threads: int, arg, effort: int = 0) -> dict:
+def peak_memory(what: str, name: str, model_path: str | None, threads: int, arg,
+                effort: int = DEFAULT_EFFORT) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(queue, what, name, model_path, threads, arg, effort))
@@ -330,7 +332,8 @@ def main(argv=None) -> int:
                         + ", ".join(CODECS))
     parser.add_argument("--skip-slow", action="store_true", help="skip mbt2018 on the large image")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
-    parser.add_argument("--effort", type=int, default=0, help="dqcodec's encoder search level")
+    parser.add_argument("--effort", type=int, default=DEFAULT_EFFORT,
+                        help=f"dqcodec's encoder search level (default {DEFAULT_EFFORT}, as `dqcodec encode`)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--json", help="save the results to this file")
     args = parser.parse_args(argv)

@@ -7,6 +7,7 @@ from pathlib import Path
 from PIL import Image
 
 from .codec import Codec, codec_for_file, load_codec
+from .refinement import DEFAULT_EFFORT
 
 
 def load_model(quality: int | None = None, path: str | Path | None = None) -> Codec:
@@ -15,8 +16,9 @@ def load_model(quality: int | None = None, path: str | Path | None = None) -> Co
 
 
 def encode(image: Image.Image | str | Path, quality: int | None = None,
-           model: str | Path | None = None, effort: int = 0) -> bytes:
-    """effort 1 searches for better codes (slower encoding, same decoding)."""
+           model: str | Path | None = None, effort: int = DEFAULT_EFFORT) -> bytes:
+    """effort: how hard the encoder searches for the image's codes, 0 (none, fastest) to 2;
+    decoding is the same for all."""
     return load_codec(quality, model).encode(image, effort)
 
 

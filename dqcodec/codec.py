@@ -15,7 +15,7 @@ from .container import DQFile
 from .errors import DQError
 from .image_io import open_image, split_alpha, to_image, to_tensor
 from .model import DQCodec, pad_to_stride
-from .refinement import effort_steps, refine_features
+from .refinement import DEFAULT_EFFORT, encoder_features
 from . import zoo
 
 DEFAULT_MAX_PIXELS = 1 << 26  # 67 MP; raise with max_pixels / --max-pixels
@@ -74,16 +74,14 @@ class Codec:
         return f"p{self.rate_point}" if self.model.config.rate_points > 1 else "model"
 
     @torch.no_grad()  # not inference_mode: effort > 0 runs gradient steps inside
-    def encode_image(self, image: Image.Image, effort: int = 0) -> EncodeResult:
-        """effort: 0 codes the analysis transform's features; 1 first refines them for
+    def encode_image(self, image: Image.Image, effort: int = DEFAULT_EFFORT) -> EncodeResult:
+        """effort: 0 codes the analysis transform's features; 1 and 2 first refine them for
         this image (slower encoding, same decoding; see refinement.py)."""
-        steps = effort_steps(effort)
         rgb, alpha, mode = split_alpha(image)
         x = pad_to_stride(to_tensor(rgb), self.stride)
         with fixed_threads():
-            features = self.model.analyse_image(x)
-            features = refine_features(self.model, x, features, self.rate_point, steps,
-                                       self.rate_weight, size=(rgb.height, rgb.width))
+            features = encoder_features(self.model, x, self.rate_point, effort, self.rate_weight,
+                                        size=(rgb.height, rgb.width))
             out = self.model.compress(x, self.rate_weight, self.rate_point, features=features)
         top, bottom = out["strings"]
         alpha_bytes = zlib.compress(alpha.tobytes(), 9) if alpha is not None else b""
@@ -92,7 +90,7 @@ class Codec:
                     alpha_bytes, crc)
         return EncodeResult(dq.to_bytes(), out["information_bits"])
 
-    def encode(self, image: Image.Image | str | Path, effort: int = 0) -> bytes:
+    def encode(self, image: Image.Image | str | Path, effort: int = DEFAULT_EFFORT) -> bytes:
         if not isinstance(image, Image.Image):
             image = open_image(image)
         return self.encode_image(image, effort).data

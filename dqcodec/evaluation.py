@@ -12,6 +12,7 @@ from tqdm import tqdm
 from .codec import Codec
 from .image_io import open_image
 from .metrics import bits_per_pixel, ms_ssim, psnr
+from .refinement import DEFAULT_EFFORT
 
 
 @dataclass
@@ -28,7 +29,7 @@ class ImageResult:
     entropy_bpp: float  # the prior's cross-entropy of the coded indices
 
 
-def evaluate_image(codec: Codec, path: Path, effort: int = 0) -> ImageResult:
+def evaluate_image(codec: Codec, path: Path, effort: int = DEFAULT_EFFORT) -> ImageResult:
     image = open_image(path)
     start = time.perf_counter()
     encoded = codec.encode_image(image, effort)
@@ -44,7 +45,7 @@ def evaluate_image(codec: Codec, path: Path, effort: int = 0) -> ImageResult:
     )
 
 
-def evaluate(codec: Codec, paths: list[Path], progress: bool = True, effort: int = 0) -> list[ImageResult]:
+def evaluate(codec: Codec, paths: list[Path], progress: bool = True, effort: int = DEFAULT_EFFORT) -> list[ImageResult]:
     return [evaluate_image(codec, p, effort) for p in tqdm(paths, desc="dqcodec", disable=not progress)]
 
 
@@ -57,7 +58,7 @@ def summarize(results: list[ImageResult]) -> dict:
     return mean
 
 
-def report(codec: Codec, dataset: str, results: list[ImageResult], effort: int = 0) -> dict:
+def report(codec: Codec, dataset: str, results: list[ImageResult], effort: int = DEFAULT_EFFORT) -> dict:
     return {
         "dataset": dataset,
         "codec": {"name": "dqcodec", "quality": codec.quality, "model_id": codec.model_id.hex(),

@@ -1,8 +1,10 @@
 """Layers with a faster inference path and the same parameters (and state-dict keys) as the
 CompressAI layers they replace, so trained weights load unchanged.
 
-Both fast paths run only when autograd is off (``torch.no_grad`` / ``inference_mode``, as
-the codec runs); under grad mode they compute exactly what their parent class computes.
+FusedGDN's in-place path runs only when autograd is off (``torch.no_grad`` /
+``inference_mode``, as the codec runs); SubpixelDeconv's runs whenever the layer is in eval
+mode, so the encoder search (refinement.py) gets it under autograd too. In training mode both
+compute exactly what their parent class computes.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class SubpixelDeconv(nn.ConvTranspose2d):
         return k.permute(1, 2, 4, 0, 3, 5).reshape(-1, self.in_channels, 3, 3)
 
     def forward(self, x: Tensor, output_size=None) -> Tensor:
-        if torch.is_grad_enabled() or output_size is not None:
+        if self.training or output_size is not None:
             return super().forward(x, output_size)
         bias = self.bias.repeat_interleave(4) if self.bias is not None else None
         return F.pixel_shuffle(F.conv2d(x, self.subpixel_weight(), bias, padding=1), 2)

@@ -6,9 +6,10 @@ gradient steps on one image close part of that amortisation gap (Campos et al., 
 2019; Yang et al., NeurIPS 2020). Only the encoder changes: the refined features go
 through the usual code assignment and range coding, so decoders and files are unaffected.
 
-The search's transforms run in bf16 where the CPU or GPU has fast bf16 arithmetic (the
-code assignment stays fp32): the same curve to 0.1% BD-rate on 8 held-out photos, in less
-time. Only the encoder's choice of features depends on it, never what a decoder computes.
+The search's transforms, the analysis transform included, run in bf16 where the CPU or GPU
+has fast bf16 arithmetic (the code assignment stays fp32): the same curve to 0.1% BD-rate on
+8 held-out photos, in less time. Only the encoder's choice of features depends on it, never
+what a decoder computes.
 
 What is descended is the distortion alone. The codes stay rate-aware (each step reassigns
 them with the model's entropy-constrained assignment), and few steps keep the features
@@ -17,6 +18,8 @@ worse (docs/encoder_search.md).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -27,29 +30,48 @@ from .hardware import bf16_supported
 from .model import DQCodec
 from .tiling import tile_spans
 
-# effort -> gradient steps; effort 0 codes the analysis transform's features as they are.
-# Measured on 16 held-out photos (docs/encoder_search.md): 3 steps at 0.05 gain -9.3% BD-rate;
-# 5 at 0.03 only -10.0% for 5/3 of the time; longer searches raise the rate and gain less.
-EFFORT_STEPS = (0, 3)
-LEARNING_RATE = 0.05  # Adam, on features whose typical magnitude is ~1
+
+class Search(NamedTuple):
+    steps: int  # Adam steps on the features
+    lr: float  # on features whose typical magnitude is ~1
+
+
+# Measured on the 16 held-out photos (docs/encoder_search.md), BD-rate against effort 0:
+# 1 step at 0.12 gains -7.1% (Adam's first step moves every feature by lr along the sign of its
+# gradient); 3 steps at 0.05 -9.3% for three times the search; longer searches raise the rate.
+EFFORTS = (Search(0, 0.0), Search(1, 0.12), Search(3, 0.05))
+# The default encoder must stay within the Kodak speed targets of docs/performance.md (at most
+# 1.5x the hyperprior's encoding time); one step already takes 1.7x effort 0's time.
+DEFAULT_EFFORT = 0
 WINDOW = 48  # features (768 px) per window side: bounds the memory of the backward pass
 MARGIN = 4  # features of context around each window (one top-level position)
 
 
-def effort_steps(effort: int) -> int:
-    if not 0 <= effort < len(EFFORT_STEPS):
-        raise DQError(f"effort {effort} does not exist (0-{len(EFFORT_STEPS) - 1})")
-    return EFFORT_STEPS[effort]
+def search_for(effort: int) -> Search:
+    if not 0 <= effort < len(EFFORTS):
+        raise DQError(f"effort {effort} does not exist (0-{len(EFFORTS) - 1})")
+    return EFFORTS[effort]
 
 
-def refine_features(model: DQCodec, x: Tensor, features: Tensor, point: int, steps: int,
+def encoder_features(model: DQCodec, x: Tensor, point: int, effort: int,
+                     rate_weight: float | None = None, size: tuple[int, int] | None = None) -> Tensor:
+    """The features `model.compress` codes for the padded image x at this effort."""
+    search = search_for(effort)
+    if search.steps == 0:
+        return model.analyse_image(x)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16_supported(x.device)):
+        features = model.analyse_image(x).float()
+    return refine_features(model, x, features, point, search, rate_weight, size)
+
+
+def refine_features(model: DQCodec, x: Tensor, features: Tensor, point: int, search: Search,
                     rate_weight: float | None = None, size: tuple[int, int] | None = None,
                     window: int = WINDOW, margin: int = MARGIN) -> Tensor:
     """Refined copy of `features` (1, N, h, w) = model.analyse_image(x) for the padded
     image x (1, 3, 16h, 16w); `size` (height, width) is the image before padding, the
     only pixels the distortion counts. Large images are refined window by window, each
     window with `margin` features of context that are refined along but thrown away."""
-    if steps <= 0:
+    if search.steps <= 0:
         return features
     height, width = size if size is not None else x.shape[-2:]
     scale = model.config.bottom_stride
@@ -57,7 +79,7 @@ def refine_features(model: DQCodec, x: Tensor, features: Tensor, point: int, ste
     for rows, cols in windows(features.shape[-2:], model.config.top_stride // scale, window, margin):
         (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) = rows, cols
         target = x[..., r0 * scale:min(height, r1 * scale), c0 * scale:min(width, c1 * scale)]
-        part = _descend(model, target, features[..., r0:r1, c0:c1], point, steps, rate_weight)
+        part = _descend(model, target, features[..., r0:r1, c0:c1], point, search, rate_weight)
         refined[..., cr0:cr1, cc0:cc1] = part[..., cr0 - r0:cr1 - r0, cc0 - c0:cc1 - c0]
     return refined
 
@@ -74,16 +96,16 @@ def windows(shape: tuple[int, int], align: int, window: int, margin: int):
     return [(r, c) for r in spans(shape[0]) for c in spans(shape[1])]
 
 
-def _descend(model: DQCodec, target: Tensor, start: Tensor, point: int, steps: int,
+def _descend(model: DQCodec, target: Tensor, start: Tensor, point: int, search: Search,
              rate_weight: float | None) -> Tensor:
     """Adam on the features of one window; `target` may stop short of the window's padded
     extent at the image's bottom/right border."""
     h = start.detach().clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([h], lr=LEARNING_RATE)
+    optimizer = torch.optim.Adam([h], lr=search.lr)
     height, width = target.shape[-2:]
     bf16 = bf16_supported(h.device)
     with torch.enable_grad():
-        for _ in range(steps):
+        for _ in range(search.steps):
             with torch.autocast(h.device.type, dtype=torch.bfloat16, enabled=bf16):
                 x_hat = model.reconstruct_assigned(h, point, rate_weight)[..., :height, :width]
             loss = F.mse_loss(x_hat.float(), target)

@@ -12,7 +12,7 @@ from dqcodec.errors import DQError
 from dqcodec.image_io import to_tensor
 from dqcodec.metrics import psnr
 from dqcodec.model import pad_to_stride
-from dqcodec.refinement import EFFORT_STEPS, refine_features, windows
+from dqcodec.refinement import DEFAULT_EFFORT, EFFORTS, Search, refine_features, windows
 
 from conftest import photo, tiny_model
 
@@ -50,7 +50,7 @@ def test_refinement_lowers_the_distortion_of_the_assigned_codes(window, bf16, mo
     model = tiny_model(0)
     x = pad_to_stride(to_tensor(photo(128, 128, 7)), 64)
     features = model.analyse_image(x)
-    refined = refine_features(model, x, features, 0, steps=5, window=window)
+    refined = refine_features(model, x, features, 0, Search(5, 0.05), window=window)
     assert refined.shape == features.shape and not torch.equal(refined, features)
     assert _distortion(model, x, refined) < _distortion(model, x, features)
 
@@ -59,38 +59,47 @@ def test_zero_steps_return_the_features_unchanged():
     model = tiny_model(0)
     x = pad_to_stride(to_tensor(photo(64, 64, 1)), 64)
     features = model.analyse_image(x)
-    assert refine_features(model, x, features, 0, steps=0) is features
+    assert refine_features(model, x, features, 0, Search(0, 0.0)) is features
 
 
-def test_effort_files_decode_in_sync_and_match_the_image_size():
+@pytest.mark.parametrize("effort", range(1, len(EFFORTS)))
+def test_effort_files_decode_in_sync_and_match_the_image_size(effort):
     codec = Codec(tiny_model(0))
     image = photo(100, 67, 3)
-    plain, searched = codec.encode(image), codec.encode(image, effort=1)
+    plain, searched = codec.encode(image, effort=0), codec.encode(image, effort=effort)
     assert plain != searched
     decoded = codec.decode(searched)  # the index checksum would catch a desynchronised decoder
     assert decoded.size == image.size
-    assert codec.encode(image, effort=1) == searched  # refinement is deterministic
+    assert codec.encode(image, effort=effort) == searched  # refinement is deterministic
+
+
+def test_encoding_uses_the_default_effort():
+    codec = Codec(tiny_model(0))
+    image = photo(64, 64, 5)
+    other = 1 if DEFAULT_EFFORT == 0 else 0
+    assert codec.encode(image) == codec.encode(image, effort=DEFAULT_EFFORT) != codec.encode(image, effort=other)
 
 
 def test_unknown_effort_is_refused():
     with pytest.raises(DQError, match="effort"):
-        Codec(tiny_model(0)).encode(photo(64, 64), effort=len(EFFORT_STEPS))
+        Codec(tiny_model(0)).encode(photo(64, 64), effort=len(EFFORTS))
 
 
+@pytest.mark.parametrize("effort,gain", [(1, 0.15), (2, 0.2)])
 @pytest.mark.parametrize("bf16", [True, False])  # the search's transforms in bf16 or fp32
-def test_effort_raises_quality_with_the_shipped_model(bf16, monkeypatch):
+def test_effort_raises_quality_with_the_shipped_model(effort, gain, bf16, monkeypatch):
     """The point of the search, on a real photo with the trained default level: a crop of
     the bundled sample, so that the test stays fast."""
     monkeypatch.setattr("dqcodec.refinement.bf16_supported", lambda device: bf16)
     image = Image.open(SAMPLE).convert("RGB").crop((0, 0, 256, 192))
     codec = load_codec()
-    plain, searched = (codec.decode(codec.encode(image, e)) for e in (0, len(EFFORT_STEPS) - 1))
-    assert psnr(image, searched) > psnr(image, plain) + 0.2
+    plain, searched = (codec.decode(codec.encode(image, e)) for e in (0, effort))
+    assert psnr(image, searched) > psnr(image, plain) + gain
 
 
 def test_cli_effort_out_of_range_is_one_line_error(tmp_path):
     src = tmp_path / "a.png"
     photo(64, 64).save(src)
-    result = CliRunner().invoke(main, ["encode", str(src), "--effort", str(len(EFFORT_STEPS))])
+    result = CliRunner().invoke(main, ["encode", str(src), "--effort", str(len(EFFORTS))])
     assert result.exit_code == 2 and "effort" in result.output.lower()
     assert not (tmp_path / "a.dq").exists()
