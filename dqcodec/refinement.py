@@ -36,12 +36,12 @@ class Search(NamedTuple):
     lr: float  # on features whose typical magnitude is ~1
 
 
-# Measured on the 16 held-out photos (docs/encoder_search.md), BD-rate against effort 0:
-# 1 step at 0.12 gains -7.1% (Adam's first step moves every feature by lr along the sign of its
-# gradient); 3 steps at 0.05 -9.3% for three times the search; longer searches raise the rate.
+# BD-rate against effort 0, levels 4-9 on the 16 held-out photos (docs/encoder_search.md): one
+# step at 0.12 -7.1% (Adam's first step moves every feature by lr along the sign of its
+# gradient); three steps at 0.05 -9.2% for three times the search; longer searches raise the rate.
 EFFORTS = (Search(0, 0.0), Search(1, 0.12), Search(3, 0.05))
 # The default encoder must stay within the Kodak speed targets of docs/performance.md (at most
-# 1.5x the hyperprior's encoding time); one step already takes 1.7x effort 0's time.
+# 1.5x the hyperprior's encoding time); one step already takes 1.76x.
 DEFAULT_EFFORT = 0
 WINDOW = 48  # features (768 px) per window side: bounds the memory of the backward pass
 MARGIN = 4  # features of context around each window (one top-level position)
