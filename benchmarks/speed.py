@@ -47,8 +47,6 @@ import time
 import warnings
 from pathlib import Path
 
-from dqcodec.refinement import DEFAULT_EFFORT
-
 REPO = Path(__file__).resolve().parents[1]
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 LARGE_SIZE = (3840, 2160)
@@ -134,7 +132,7 @@ class CompressAIAdapter:
         return total(payload[0])
 
 
-def make_codec(name: str, model_path: str | None, effort: int = DEFAULT_EFFORT):
+def make_codec(name: str, model_path: str | None, effort: int):
     return DQAdapter(model_path, effort) if name == "dqcodec" else CompressAIAdapter(name)
 
 
@@ -178,8 +176,7 @@ def _child(queue, what: str, name: str, model_path: str | None, threads: int, ar
         queue.put({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
 
 
-def peak_memory(what: str, name: str, model_path: str | None, threads: int, arg,
-                effort: int = DEFAULT_EFFORT) -> dict:
+def peak_memory(what: str, name: str, model_path: str | None, threads: int, arg, effort: int) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(queue, what, name, model_path, threads, arg, effort))
@@ -315,6 +312,8 @@ def fmt(value, spec=".3f"):
 
 
 def main(argv=None) -> int:
+    from dqcodec.refinement import DEFAULT_EFFORT  # dqcodec (torch) loads lazily, as in the adapters
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", help="image to code (default: --kodak-image from --kodak-dir)")
@@ -373,7 +372,8 @@ def main(argv=None) -> int:
             if not args.no_memory:
                 row["memory_encode"] = peak_memory("encode", name, args.model, args.threads, image,
                                                     args.effort)
-                row["memory_decode"] = peak_memory("decode", name, args.model, args.threads, payload)
+                row["memory_decode"] = peak_memory("decode", name, args.model, args.threads, payload,
+                                                    args.effort)
             row.update(codec=name, image=image_name, width=image.width, height=image.height)
             rows.append(row)
 
