@@ -51,9 +51,10 @@ class EncodeResult:
 
 class Codec:
     def __init__(self, model: DQCodec, quality: int = 0, rate_weight: float | None = None,
-                 rate_point: int | None = None):
+                 rate_point: int | None = None, search_scale: float = 1.0):
         """rate_point: which rate point of a variable-rate model encodes (default the
-        highest); rate_weight: the assignment strength (default the trained one)."""
+        highest); rate_weight: the assignment strength (default the trained one);
+        search_scale: multiplies the step size of the encoder search (effort > 0)."""
         points = model.config.rate_points
         if rate_point is None:
             rate_point = points - 1
@@ -64,6 +65,7 @@ class Codec:
         self.quality = quality
         self.rate_weight = rate_weight
         self.rate_point = rate_point
+        self.search_scale = search_scale
         self.stride = model.config.top_stride
 
     @property
@@ -81,7 +83,7 @@ class Codec:
         x = pad_to_stride(to_tensor(rgb), self.stride)
         with fixed_threads():
             features = encoder_features(self.model, x, self.rate_point, effort, self.rate_weight,
-                                        size=(rgb.height, rgb.width))
+                                        size=(rgb.height, rgb.width), step_scale=self.search_scale)
             out = self.model.compress(x, self.rate_weight, self.rate_point, features=features)
         top, bottom = out["strings"]
         alpha_bytes = zlib.compress(alpha.tobytes(), 9) if alpha is not None else b""
@@ -155,7 +157,8 @@ def _load(quality: int | None, path: str | None, rate_point: int | None = None) 
     q = zoo.default_quality() if quality is None else quality
     if q not in levels:
         raise DQError(f"no model for quality {q} (available: {', '.join(map(str, levels)) or 'none'})")
-    return Codec(_read_weights(levels[q].weights), q, levels[q].rate_weight, levels[q].rate_point)
+    level = levels[q]
+    return Codec(_read_weights(level.weights), q, level.rate_weight, level.rate_point, level.search_scale)
 
 
 @lru_cache(maxsize=4)

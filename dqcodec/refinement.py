@@ -39,9 +39,10 @@ class Search(NamedTuple):
 # BD-rate against effort 0, levels 4-9 on the 16 held-out photos (docs/encoder_search.md): one
 # step at 0.12 -7.1% (Adam's first step moves every feature by lr along the sign of its
 # gradient); three steps at 0.05 -9.2% for three times the search; longer searches raise the rate.
+# The single-rate levels 1-3 search at 0.667 of these steps (search_scale in models/zoo.json).
 EFFORTS = (Search(0, 0.0), Search(1, 0.12), Search(3, 0.05))
 # The default encoder must stay within the Kodak speed targets of docs/performance.md (at most
-# 1.5x the hyperprior's encoding time); one step already takes 1.76x.
+# 1.5x the hyperprior's encoding time); one step already takes 1.8x.
 DEFAULT_EFFORT = 0
 WINDOW = 48  # features (768 px) per window side: bounds the memory of the backward pass
 MARGIN = 4  # features of context around each window (one top-level position)
@@ -54,9 +55,12 @@ def search_for(effort: int) -> Search:
 
 
 def encoder_features(model: DQCodec, x: Tensor, point: int, effort: int,
-                     rate_weight: float | None = None, size: tuple[int, int] | None = None) -> Tensor:
-    """The features `model.compress` codes for the padded image x at this effort."""
+                     rate_weight: float | None = None, size: tuple[int, int] | None = None,
+                     step_scale: float = 1.0) -> Tensor:
+    """The features `model.compress` codes for the padded image x at this effort; a quality
+    level may scale the effort's step size (`search_scale` in models/zoo.json)."""
     search = search_for(effort)
+    search = search._replace(lr=search.lr * step_scale)
     if search.steps == 0:
         return model.analyse_image(x)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16_supported(x.device)):

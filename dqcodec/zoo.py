@@ -32,6 +32,7 @@ class Level:
     weights: Path
     rate_weight: float | None  # None: the strength the model was trained with
     rate_point: int | None = None  # of a variable-rate model; None: its highest
+    search_scale: float = 1.0  # multiplies the encoder search's step size (refinement.py)
 
 
 def _manifest() -> dict:
@@ -45,7 +46,7 @@ def shipped_models() -> dict[int, Level]:
     folder = resources.files(WEIGHTS_PACKAGE)
     levels = _manifest().get("levels", {})
     return {int(q): Level(Path(str(folder / entry["weights"])), entry.get("rate_weight"),
-                          entry.get("rate_point"))
+                          entry.get("rate_point"), entry.get("search_scale", 1.0))
             for q, entry in sorted(levels.items(), key=lambda kv: int(kv[0]))}
 
 

@@ -73,6 +73,14 @@ def test_effort_files_decode_in_sync_and_match_the_image_size(effort):
     assert codec.encode(image, effort=effort) == searched  # refinement is deterministic
 
 
+def test_search_scale_changes_the_search_only():
+    model, image = tiny_model(0), photo(64, 64, 6)
+    plain, scaled = Codec(model), Codec(model, search_scale=0.5)
+    assert plain.encode(image, effort=0) == scaled.encode(image, effort=0)
+    assert plain.encode(image, effort=1) != scaled.encode(image, effort=1)
+    assert scaled.decode(scaled.encode(image, effort=1)).size == image.size
+
+
 def test_encoding_uses_the_default_effort():
     codec = Codec(tiny_model(0))
     image = photo(64, 64, 5)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from dqcodec import decode, encode, load_model
 from dqcodec.cli import main
+from dqcodec.codec import load_codec
 from dqcodec.container import DQFile
 from dqcodec.testing import photo
 from dqcodec.zoo import shipped_models
@@ -24,6 +25,13 @@ def test_manifest_lists_existing_weights():
     assert set(map(int, manifest["levels"])) == set(LEVELS)
     for level in LEVELS.values():
         assert level.weights.suffix == ".safetensors" and level.weights.is_file()
+
+
+def test_levels_pass_their_search_scale_to_the_codec():
+    manifest = json.loads((resources.files("dqcodec.weights") / "zoo.json").read_text())["levels"]
+    for quality, level in LEVELS.items():
+        assert level.search_scale == manifest[str(quality)].get("search_scale", 1.0) > 0
+        assert load_codec(quality).search_scale == level.search_scale
 
 
 @pytest.mark.parametrize("quality", sorted(LEVELS))
