@@ -60,6 +60,8 @@ class Codec:
             rate_point = points - 1
         if not 0 <= rate_point < points:
             raise DQError(f"rate point {rate_point} does not exist: the model has {points} (0-{points - 1})")
+        if not search_scale > 0:
+            raise DQError(f"search scale {search_scale} must be positive")
         self.model_id = zoo.model_id(model)
         self.model = model.eval().to(memory_format=torch.channels_last)
         self.quality = quality

@@ -81,6 +81,12 @@ def test_search_scale_changes_the_search_only():
     assert scaled.decode(scaled.encode(image, effort=1)).size == image.size
 
 
+@pytest.mark.parametrize("scale", [0.0, -0.5, float("nan")])
+def test_nonpositive_search_scale_is_refused(scale):
+    with pytest.raises(DQError, match="search scale"):
+        Codec(tiny_model(0), search_scale=scale)
+
+
 def test_encoding_uses_the_default_effort():
     codec = Codec(tiny_model(0))
     image = photo(64, 64, 5)
