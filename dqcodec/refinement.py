@@ -60,12 +60,12 @@ def encoder_features(model: DQCodec, x: Tensor, point: int, effort: int,
     """The features `model.compress` codes for the padded image x at this effort; a quality
     level may scale the effort's step size (`search_scale` in models/zoo.json)."""
     search = search_for(effort)
-    search = search._replace(lr=search.lr * step_scale)
     if search.steps == 0:
         return model.analyse_image(x)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16_supported(x.device)):
         features = model.analyse_image(x).float()
-    return refine_features(model, x, features, point, search, rate_weight, size)
+    scaled = search._replace(lr=search.lr * step_scale)
+    return refine_features(model, x, features, point, scaled, rate_weight, size)
 
 
 def refine_features(model: DQCodec, x: Tensor, features: Tensor, point: int, search: Search,

@@ -17,20 +17,20 @@ from dqcodec.testing import photo
 from dqcodec.zoo import shipped_models
 
 LEVELS = shipped_models()
+_MANIFEST_FILE = resources.files("dqcodec.weights") / "zoo.json"
+MANIFEST = json.loads(_MANIFEST_FILE.read_text()) if _MANIFEST_FILE.is_file() else {}
 pytestmark = pytest.mark.skipif(not LEVELS, reason="no model shipped in models/")
 
 
 def test_manifest_lists_existing_weights():
-    manifest = json.loads((resources.files("dqcodec.weights") / "zoo.json").read_text())
-    assert set(map(int, manifest["levels"])) == set(LEVELS)
+    assert set(map(int, MANIFEST["levels"])) == set(LEVELS)
     for level in LEVELS.values():
         assert level.weights.suffix == ".safetensors" and level.weights.is_file()
 
 
 def test_levels_pass_their_search_scale_to_the_codec():
-    manifest = json.loads((resources.files("dqcodec.weights") / "zoo.json").read_text())["levels"]
     for quality, level in LEVELS.items():
-        assert level.search_scale == manifest[str(quality)].get("search_scale", 1.0) > 0
+        assert level.search_scale == MANIFEST["levels"][str(quality)].get("search_scale", 1.0) > 0
         assert load_codec(quality).search_scale == level.search_scale
 
 
