@@ -63,7 +63,9 @@ class Codec:
         if not search_scale > 0:
             raise DQError(f"search scale {search_scale} must be positive")
         self.model_id = zoo.model_id(model)
-        self.model = model.eval().to(memory_format=torch.channels_last)
+        # a Codec never trains its model: frozen weights let the encoder search compute
+        # gradients to the features alone (layers.FrozenGDN)
+        self.model = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
         self.quality = quality
         self.rate_weight = rate_weight
         self.rate_point = rate_point

@@ -6,7 +6,6 @@ every probability with exactly the computation the decoder will repeat.
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
@@ -61,16 +60,22 @@ class DQLatentCodec(LatentCodec):
         for p in pass_schedule(self.level.slices):
             s = p.slice_index
             groups, channels = self.prior.group_slice(s), self.prior.channel_slice(s)
-            mean, log_scale, free = self.prior.params(s, cond_features, y_hat)
+            if p.anchors:  # the slice's first pass
+                shared = self.prior.slice_inputs(s, cond_features, y_hat)
+            mean, log_scale, free = self.prior.params(s, shared, y_hat, p.anchors)
+            # under the encoder search's bf16 autocast only the networks above run in bf16
+            mean, log_scale = mean.float(), log_scale.float()
+            free = None if free is None else free.float()
             positions = anchors if p.anchors else ~anchors
             chosen = torch.zeros_like(indices[:, groups])
             for rows in blocks:
                 mask = positions[rows]
-                logits = self.prior.code_logits(s, mean[:, :, rows][:, :, mask],
-                                                log_scale[:, :, rows][:, :, mask],
-                                                self.quantizer.codebooks, point,
-                                                None if free is None else free[:, :, rows][:, :, mask])
-                chosen[:, :, rows][:, :, mask] = choose(p, groups, logits, rows, mask)
+                with torch.autocast(cond.device.type, enabled=False):  # fp32 logits and choices
+                    logits = self.prior.code_logits(s, mean[:, :, rows][:, :, mask],
+                                                    log_scale[:, :, rows][:, :, mask],
+                                                    self.quantizer.codebooks, point,
+                                                    None if free is None else free[:, :, rows][:, :, mask])
+                    chosen[:, :, rows][:, :, mask] = choose(p, groups, logits, rows, mask)
                 if straight_through is not None:
                     all_logits.append((groups, rows, mask, logits))
             if straight_through is not None:
@@ -88,8 +93,7 @@ class DQLatentCodec(LatentCodec):
         vectors = self.quantizer.split(z.detach())  # (B, G, H, W, d)
 
         def choose(p: Pass, groups: slice, logits: Tensor, rows: slice, mask: Tensor) -> Tensor:
-            bits = -torch.log_softmax(logits.detach(), -1) / math.log(2.0)
-            return self.quantizer.assign(vectors[:, groups, rows][:, :, mask], groups, bits, weight)
+            return self.quantizer.assign(vectors[:, groups, rows][:, :, mask], groups, logits.detach(), weight)
 
         return choose
 
@@ -121,10 +125,10 @@ class DQLatentCodec(LatentCodec):
 
     @torch.no_grad()
     def assign(self, z: Tensor, cond: Tensor, point: Tensor, rate_weight: float | None = None) -> dict:
-        """y_hat and indices as the encoder would choose them, without coding them. The codes
-        are chosen in fp32 even under a caller's bf16 autocast (the encoder search's)."""
-        with torch.autocast(z.device.type, enabled=False):
-            y_hat, indices, _ = self._run_passes(cond.float(), point, self._assigner(z.float(), rate_weight))
+        """y_hat and indices as the encoder would choose them, without coding them. Under a
+        caller's bf16 autocast (the encoder search's) the prior's networks run in bf16, which
+        only the search uses; the logits and the choice are fp32 always."""
+        y_hat, indices, _ = self._run_passes(cond.float(), point, self._assigner(z.float(), rate_weight))
         return {"y_hat": y_hat, "indices": indices}
 
     def assign_straight_through(self, z: Tensor, cond: Tensor, point: Tensor,

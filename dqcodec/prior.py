@@ -67,12 +67,22 @@ class SliceContext(nn.Module):
         )
         self.free = nn.Sequential(nn.GELU(), nn.Conv2d(width, free_logits, 1)) if free_logits else None
 
-    def forward(self, cond_features: Tensor, previous: Tensor | None,
-                current: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The bump's parameters and, with free logits, a logit per code of each group."""
-        h = cond_features + self.spatial(current)
-        if self.channel is not None:
-            h = h + self.channel(previous)
+    def shared(self, cond_features: Tensor, previous: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """What both passes of the slice see alike: the conditioning and the slices before."""
+        return cond_features, self.channel(previous) if self.channel is not None else None
+
+    def forward(self, shared: tuple[Tensor, Tensor | None],
+                current: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The bump's parameters and, with free logits, a logit per code of each group;
+        current is None in the anchor pass, where no position of the slice is decoded yet
+        and the spatial convolution of its zeros is its bias alone."""
+        cond_features, channel = shared
+        if current is None:
+            h = cond_features + self.spatial.bias[:, None, None]
+        else:
+            h = cond_features + self.spatial(current)
+        if channel is not None:
+            h = h + channel
         h = self.blocks(h)
         return self.head(h), self.free(h) if self.free is not None else None
 
@@ -118,12 +128,19 @@ class CodePrior(nn.Module):
     def channel_slice(self, s: int) -> slice:
         return slice(s * self.slice_channels, (s + 1) * self.slice_channels)
 
-    def params(self, s: int, cond_features: Tensor, y_hat: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Mean and log-scale (B, G_s, H, W, d) for slice s given everything decoded so far,
-        and the free logits (B, G_s, H, W, K) or None."""
+    def slice_inputs(self, s: int, cond_features: Tensor, y_hat: Tensor) -> tuple[Tensor, Tensor | None]:
+        """What both passes of slice s share (computed once per slice): its projection of
+        the conditioning features and its view of the slices decoded before it."""
         previous = y_hat[:, : s * self.slice_channels] if s else None
-        current = y_hat[:, self.channel_slice(s)]
-        params, free = self.contexts[s](self.cond_proj[s](cond_features), previous, current)
+        return self.contexts[s].shared(self.cond_proj[s](cond_features), previous)
+
+    def params(self, s: int, shared: tuple[Tensor, Tensor | None], y_hat: Tensor,
+               anchors: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Mean and log-scale (B, G_s, H, W, d) for slice s given everything decoded so far
+        (`shared` from slice_inputs, and the slice's anchors unless this is their pass),
+        and the free logits (B, G_s, H, W, K) or None."""
+        current = None if anchors else y_hat[:, self.channel_slice(s)]
+        params, free = self.contexts[s](shared, current)
         b, _, h, w = params.shape
         params = params.reshape(b, self.groups_per_slice, 2, self.dim, h, w).permute(0, 1, 4, 5, 2, 3)
         if free is not None:
@@ -147,5 +164,5 @@ class CodePrior(nn.Module):
             bias = self.code_bias[point][:, self.group_slice(s), None]
         else:
             bias = self.code_bias[self.group_slice(s)][None, :, None]
-        logits = bias - 0.5 * quadratic
-        return logits if free is None else logits + free
+        logits = quadratic.mul_(-0.5).add_(bias)  # bias - 0.5 q, bit for bit, without temporaries
+        return logits if free is None else logits.add_(free)

@@ -50,19 +50,20 @@ class DepthwiseQuantizer(nn.Module):
         b, g, h, w, d = v.shape
         return v.permute(0, 1, 4, 2, 3).reshape(b, g * d, h, w)
 
-    def distances(self, v: Tensor, groups: slice = slice(None)) -> Tensor:
-        """Squared distance, up to a per-vector constant, of group vectors v (B, G', n, d)
-        to each code: (B, G', n, K). |v|^2 is dropped: it does not change the argmin."""
-        codes = self.codebooks[groups]
-        cross = torch.einsum("bgnd,gkd->bgnk", v, codes)
-        return codes.pow(2).sum(-1)[None, :, None] - 2 * cross
-
-    def assign(self, v: Tensor, groups: slice, bits: Tensor | None, rate_weight: Tensor) -> Tensor:
+    def assign(self, v: Tensor, groups: slice, logits: Tensor | None, rate_weight: Tensor) -> Tensor:
         """Entropy-constrained assignment of group vectors v (B, G', n, d):
-        argmin |v - c_k|^2 + rate_weight * bits_k, rate_weight broadcast as (B or 1, 1, 1, 1)."""
-        cost = self.distances(v, groups)
-        if bits is not None and bool((rate_weight > 0).any()):
-            cost = cost + rate_weight * bits
+        argmin |v - c_k|^2 + rate_weight * bits_k under the prior's logits (B, G', n, K),
+        rate_weight broadcast as (B or 1, 1, 1, 1).
+
+        |v|^2 is the same for every code of a vector, and so is log-sum-exp(logits) in
+        bits_k = (logsumexp - logits_k) / ln 2: both drop out of the argmin, which leaves
+        |c_k|^2 - rate_weight / ln 2 * logits_k - 2 v.c_k: one batched matmul, then in place."""
+        codes = self.codebooks[groups]  # (G', K, d)
+        b, g, n, d = v.shape
+        cross = torch.bmm(v.reshape(b * g, n, d), codes.transpose(1, 2).repeat(b, 1, 1))
+        cost = cross.reshape(b, g, n, self.codebook_size).mul_(-2.0).add_(codes.pow(2).sum(-1)[None, :, None])
+        if logits is not None and bool((rate_weight > 0).any()):
+            cost.addcmul_(logits, rate_weight, value=-1.0 / math.log(2.0))
         return cost.argmin(-1)
 
     def lookup(self, indices: Tensor, groups: slice = slice(None)) -> Tensor:

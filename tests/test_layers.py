@@ -47,3 +47,30 @@ def test_subpixel_path_gives_the_transposed_convolutions_gradient_in_eval_mode()
     (reference,) = torch.autograd.grad((torch.nn.ConvTranspose2d.forward(layer, x) - target).pow(2).sum(), [x])
     assert not torch.equal(fast, reference)  # a different computation...
     assert torch.allclose(fast, reference, atol=1e-4)  # ...of the same gradient
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_frozen_gdn_gives_autograds_input_gradient(inverse):
+    """Frozen parameters in eval mode (the encoder search) take FrozenGDN's own backward."""
+    torch.manual_seed(0)
+    reference = GDN(6, inverse=inverse).double()
+    with torch.no_grad():
+        reference.gamma.add_(0.1 * torch.rand_like(reference.gamma))
+        reference.beta.add_(0.1 * torch.rand_like(reference.beta))
+    frozen = FusedGDN(6, inverse=inverse).double()
+    frozen.load_state_dict(reference.state_dict())
+    frozen.eval().requires_grad_(False)
+    x = torch.randn(2, 6, 4, 5, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 6, 4, 5, dtype=torch.float64)
+    (expected,) = torch.autograd.grad((reference(x) * weights).sum(), [x])
+    out = frozen(x)
+    assert out.grad_fn is not None and "FrozenGDN" in type(out.grad_fn).__name__
+    (got,) = torch.autograd.grad((out * weights).sum(), [x])
+    assert torch.allclose(got, expected, atol=1e-12)
+
+
+def test_gdn_with_trainable_parameters_keeps_their_gradients_in_eval_mode():
+    layer = FusedGDN(3, inverse=True).eval()
+    x = torch.randn(1, 3, 4, 4, requires_grad=True)
+    layer(x).sum().backward()
+    assert layer.gamma.grad is not None and layer.beta.grad is not None
