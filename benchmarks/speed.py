@@ -6,10 +6,11 @@ Run by hand (not part of the tests), on an otherwise idle machine:
     python benchmarks/speed.py --large --skip-slow    # + a 3840x2160 image, no mbt2018 on it
     python benchmarks/speed.py --runs 1 --max-side 256 --large   # quick smoke run
 
-For each codec and image it reports the median wall time of `--runs` encodes and decodes
-(after one warm-up of each), measured in this process with torch on `--threads` threads,
-and the peak resident memory of one encode and of one decode, each in a fresh child process
-('spawn'; the peak read in the child after the work; `base` is the child's peak before the
+For each codec and image it reports the median wall time of its encodes and decodes: the
+codecs take turns in `--rounds` rounds, each a fresh process ('spawn') of one codec that runs
+one warm-up and `--runs` timed runs, so that no codec inherits another's memory layout and all
+share the machine's slower and faster spells; torch on `--threads` threads. And the peak
+resident memory of one encode and of one decode, each in a fresh child process ('spawn'; the peak read in the child after the work; `base` is the child's peak before the
 work, i.e. Python + torch + the model + the input). On Linux the peak is the child's VmHWM
 from /proc/self/status: its `ru_maxrss` (also saved in the JSON) starts at the parent's
 peak, which the kernel carries over fork and exec, so it would report this process's size.
@@ -36,6 +37,7 @@ reported on its own.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -272,39 +274,97 @@ def load_images(args) -> list[tuple[str, object]]:
 # --------------------------------------------------------------------------- main
 
 
-def time_codec(codec, image, runs: int, timers: CoderTimers | None) -> dict:
-    payload = codec.encode(image)  # warm-up
-    decoded = codec.decode(payload)
-    if decoded.size != image.size:
-        raise RuntimeError(f"{codec.name}: decoded size {decoded.size} != {image.size}")
-    enc, dec, coder_enc, coder_dec, tables_enc, tables_dec = [], [], [], [], [], []
-    for _ in range(runs):
-        if timers:
-            timers.reset()
-        t0 = time.perf_counter()
-        payload = codec.encode(image)
-        enc.append(time.perf_counter() - t0)
-        if timers:
-            coder_enc.append(timers.totals["encode"])
-            tables_enc.append(timers.totals["probability_table"])
-            timers.reset()
-        t0 = time.perf_counter()
-        codec.decode(payload)
-        dec.append(time.perf_counter() - t0)
-        if timers:
-            coder_dec.append(timers.totals["decode"])
-            tables_dec.append(timers.totals["probability_table"])
-    out = {"encode_s": statistics.median(enc), "decode_s": statistics.median(dec),
-           "encode_runs_s": enc, "decode_runs_s": dec,
-           "bpp": codec.size(payload) * 8 / (image.width * image.height), "payload": payload}
+class Samples:
+    """One codec's timings on one image, run by run."""
+
+    FIELDS = ("enc", "dec", "coder_enc", "coder_dec", "tables_enc", "tables_dec")
+
+    def __init__(self):
+        for field in self.FIELDS:
+            setattr(self, field, [])
+        self.payload = b""
+
+    def extend(self, other: "Samples") -> None:
+        for field in self.FIELDS:
+            getattr(self, field).extend(getattr(other, field))
+        self.payload = other.payload
+
+
+def time_run(codec, image, timers: CoderTimers | None, samples: Samples) -> None:
     if timers:
+        timers.reset()
+    t0 = time.perf_counter()
+    samples.payload = codec.encode(image)
+    samples.enc.append(time.perf_counter() - t0)
+    if timers:
+        samples.coder_enc.append(timers.totals["encode"])
+        samples.tables_enc.append(timers.totals["probability_table"])
+        timers.reset()
+    t0 = time.perf_counter()
+    codec.decode(samples.payload)
+    samples.dec.append(time.perf_counter() - t0)
+    if timers:
+        samples.coder_dec.append(timers.totals["decode"])
+        samples.tables_dec.append(timers.totals["probability_table"])
+
+
+def summary(codec, image, s: Samples) -> dict:
+    out = {"encode_s": statistics.median(s.enc), "decode_s": statistics.median(s.dec),
+           "encode_runs_s": s.enc, "decode_runs_s": s.dec,
+           "bpp": codec.size(s.payload) * 8 / (image.width * image.height), "payload": s.payload}
+    if s.coder_enc:
         out["range_coder"] = {
-            "encode_share": sum(coder_enc) / sum(enc), "decode_share": sum(coder_dec) / sum(dec),
-            "encode_s": statistics.median(coder_enc), "decode_s": statistics.median(coder_dec),
-            "probability_table_encode_s": statistics.median(tables_enc),
-            "probability_table_decode_s": statistics.median(tables_dec),
+            "encode_share": sum(s.coder_enc) / sum(s.enc), "decode_share": sum(s.coder_dec) / sum(s.dec),
+            "encode_s": statistics.median(s.coder_enc), "decode_s": statistics.median(s.coder_dec),
+            "probability_table_encode_s": statistics.median(s.tables_enc),
+            "probability_table_decode_s": statistics.median(s.tables_dec),
         }
     return out
+
+
+def _timing_child(queue, name: str, model_path: str | None, threads: int, image, runs: int,
+                  effort: int) -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+        codec = make_codec(name, model_path, effort)
+        decoded = codec.decode(codec.encode(image))  # warm-up
+        if decoded.size != image.size:
+            raise RuntimeError(f"{name}: decoded size {decoded.size} != {image.size}")
+        samples = Samples()
+        timers = CoderTimers() if name == "dqcodec" else None
+        with timers or contextlib.nullcontext():
+            for _ in range(runs):
+                time_run(codec, image, timers, samples)
+        queue.put({"ok": True, "samples": samples})
+    except BaseException as exc:  # report, don't hang the parent
+        queue.put({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+
+
+def time_codecs(codecs: dict, image, runs: int, rounds: int, model_path: str | None, threads: int,
+                effort: int) -> dict:
+    """Median encode and decode times of each codec on one image. Each codec is timed in a
+    process of its own (a warm-up, then `runs` timed runs), so that none inherits another's
+    memory layout: in one shared process the hyperprior's kodim23 encode took 0.22-0.29 s
+    depending on what ran before it. The codecs take `rounds` turns, so a slower spell of a
+    shared machine falls on all of them alike."""
+    ctx = mp.get_context("spawn")
+    samples = {name: Samples() for name in codecs}
+    for _ in range(rounds):
+        for name in codecs:
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_timing_child,
+                               args=(queue, name, model_path, threads, image, runs, effort))
+            proc.start()
+            try:
+                result = queue.get()
+            finally:
+                proc.join()
+            if not result["ok"]:
+                raise RuntimeError(f"{name} timing child failed: {result['error']}")
+            samples[name].extend(result["samples"])
+    return {name: summary(codec, image, samples[name]) for name, codec in codecs.items()}
 
 
 def fmt(value, spec=".3f"):
@@ -325,7 +385,10 @@ def main(argv=None) -> int:
                         help="where the large image's source photo comes from (first by name)")
     parser.add_argument("--large-source", help="the photo to upscale for --large")
     parser.add_argument("--max-side", type=int, help="center-crop every image to at most this side")
-    parser.add_argument("--runs", type=int, default=3, help="timed runs (median), after one warm-up")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="timed runs per round, after one warm-up (each round a fresh process per codec)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds in which the codecs take turns (default 3); the median is over all runs")
     parser.add_argument("--model", help="dqcodec model file (default: the shipped default model)")
     parser.add_argument("--codecs", default=",".join(CODECS), help="comma-separated subset of "
                         + ", ".join(CODECS))
@@ -336,8 +399,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--json", help="save the results to this file")
     args = parser.parse_args(argv)
-    if args.runs < 1:
-        parser.error("--runs must be >= 1")
+    if args.runs < 1 or args.rounds < 1:
+        parser.error("--runs and --rounds must be >= 1")
     names = [n.strip() for n in args.codecs.split(",") if n.strip()]
     if unknown := set(names) - set(CODECS):
         parser.error(f"unknown codec(s): {', '.join(sorted(unknown))}")
@@ -349,7 +412,7 @@ def main(argv=None) -> int:
     large_names = {images[-1][0]} if args.large else set()
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"{platform.processor() or platform.machine()}; {args.runs} timed run(s) after a warm-up")
+          f"{platform.processor() or platform.machine()}; {args.rounds} round(s) of a warm-up and {args.runs} timed run(s)")
     codecs = {}
     for name in names:
         codecs[name] = make_codec(name, args.model, args.effort)
@@ -357,17 +420,14 @@ def main(argv=None) -> int:
 
     rows = []
     for image_name, image in images:
-        for name in names:
-            if name == "mbt2018" and args.skip_slow and image_name in large_names:
-                print(f"{name} on {image_name}: skipped (--skip-slow)")
-                continue
-            print(f"{name} on {image_name} ({image.width}x{image.height}) ...", flush=True)
-            timers = CoderTimers() if name == "dqcodec" else None
-            if timers:
-                with timers:
-                    row = time_codec(codecs[name], image, args.runs, timers)
-            else:
-                row = time_codec(codecs[name], image, args.runs, None)
+        timed = {name: codec for name, codec in codecs.items()
+                 if not (name == "mbt2018" and args.skip_slow and image_name in large_names)}
+        if len(timed) < len(codecs):
+            print(f"mbt2018 on {image_name}: skipped (--skip-slow)")
+        print(f"{', '.join(timed)} on {image_name} ({image.width}x{image.height}), "
+              f"{args.rounds} round(s) ...", flush=True)
+        for name, row in time_codecs(timed, image, args.runs, args.rounds, args.model, args.threads,
+                                     args.effort).items():
             payload = row.pop("payload")
             if not args.no_memory:
                 row["memory_encode"] = peak_memory("encode", name, args.model, args.threads, image,
