@@ -10,8 +10,9 @@ For each codec and image it reports the median wall time of its encodes and deco
 codecs take turns in `--rounds` rounds, each a fresh process ('spawn') of one codec that runs
 one warm-up and `--runs` timed runs, so that no codec inherits another's memory layout and all
 share the machine's slower and faster spells; torch on `--threads` threads. And the peak
-resident memory of one encode and of one decode, each in a fresh child process ('spawn'; the peak read in the child after the work; `base` is the child's peak before the
-work, i.e. Python + torch + the model + the input). On Linux the peak is the child's VmHWM
+resident memory of one encode and of one decode, each in a fresh child process ('spawn'; the
+peak read in the child after the work; `base` is the child's peak before the work, i.e.
+Python + torch + the model + the input). On Linux the peak is the child's VmHWM
 from /proc/self/status: its `ru_maxrss` (also saved in the JSON) starts at the parent's
 peak, which the kernel carries over fork and exec, so it would report this process's size.
 
@@ -178,19 +179,25 @@ def _child(queue, what: str, name: str, model_path: str | None, threads: int, ar
         queue.put({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
 
 
-def peak_memory(what: str, name: str, model_path: str | None, threads: int, arg, effort: int) -> dict:
+def in_child(target, *args) -> dict:
+    """target(queue, *args) run in a fresh 'spawn' process; what it put on the queue."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(queue, what, name, model_path, threads, arg, effort))
+    proc = ctx.Process(target=target, args=(queue, *args))
     proc.start()
     try:
         result = queue.get()
     finally:
         proc.join()
+    if result["ok"] and proc.exitcode:
+        result = {"ok": False, "error": f"child exit code {proc.exitcode}"}
+    return result
+
+
+def peak_memory(what: str, name: str, model_path: str | None, threads: int, arg, effort: int) -> dict:
+    result = in_child(_child, what, name, model_path, threads, arg, effort)
     if not result["ok"]:
         print(f"  ! {name} {what} child failed: {result['error']}", file=sys.stderr)
-    elif proc.exitcode:
-        result = {"ok": False, "error": f"child exit code {proc.exitcode}"}
     return result
 
 
@@ -349,18 +356,10 @@ def time_codecs(codecs: dict, image, runs: int, rounds: int, model_path: str | N
     memory layout: in one shared process the hyperprior's kodim23 encode took 0.22-0.29 s
     depending on what ran before it. The codecs take `rounds` turns, so a slower spell of a
     shared machine falls on all of them alike."""
-    ctx = mp.get_context("spawn")
     samples = {name: Samples() for name in codecs}
     for _ in range(rounds):
         for name in codecs:
-            queue = ctx.Queue()
-            proc = ctx.Process(target=_timing_child,
-                               args=(queue, name, model_path, threads, image, runs, effort))
-            proc.start()
-            try:
-                result = queue.get()
-            finally:
-                proc.join()
+            result = in_child(_timing_child, name, model_path, threads, image, runs, effort)
             if not result["ok"]:
                 raise RuntimeError(f"{name} timing child failed: {result['error']}")
             samples[name].extend(result["samples"])

@@ -82,9 +82,10 @@ def run_batch(inputs, outputs, work) -> None:
 
 
 EFFORT_OPTION = dict(type=click.IntRange(0, len(EFFORTS) - 1), default=DEFAULT_EFFORT, show_default=True,
-                     help="Encoder search: 0 codes the analysis transform's answer (fastest, under half "
-                     "the encoding time of 1); 1 refines it by one gradient step (about 6-7% fewer bits "
-                     "for the quality); 2 by three (about 8-9%, twice the time of 1). Decoding is the same.")
+                     help="Encoder search: 0 codes the analysis transform's answer (fastest, under "
+                     "half the encoding time of 1); 1 refines it by one gradient step (about 6-7% "
+                     "fewer bits for the quality); 2 by three (about 8-9%, twice the time of 1). "
+                     "Decoding is the same.")
 
 
 @click.group()

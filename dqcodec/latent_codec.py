@@ -126,8 +126,8 @@ class DQLatentCodec(LatentCodec):
     @torch.no_grad()
     def assign(self, z: Tensor, cond: Tensor, point: Tensor, rate_weight: float | None = None) -> dict:
         """y_hat and indices as the encoder would choose them, without coding them. Under a
-        caller's bf16 autocast (the encoder search's) the prior's networks run in bf16, which
-        only the search uses; the logits and the choice are fp32 always."""
+        caller's bf16 autocast (only the encoder search uses one) the prior's networks run in
+        bf16; the logits and the choices are always fp32."""
         y_hat, indices, _ = self._run_passes(cond.float(), point, self._assigner(z.float(), rate_weight))
         return {"y_hat": y_hat, "indices": indices}
 

@@ -2,10 +2,10 @@
 CompressAI layers they replace, so trained weights load unchanged.
 
 FusedGDN's in-place path runs only when autograd is off (``torch.no_grad`` /
-``inference_mode``, as the codec runs), and its backward only for frozen parameters in eval
-mode (the encoder search: codec.Codec freezes its model); SubpixelDeconv's runs whenever the layer is in eval
-mode, so the encoder search (refinement.py) gets it under autograd too. In training mode both
-compute exactly what their parent class computes.
+``inference_mode``, as the codec runs), and its own backward (FrozenGDN) only for frozen
+parameters in eval mode (the encoder search: codec.Codec freezes its model). SubpixelDeconv's
+path runs whenever the layer is in eval mode, so the encoder search (refinement.py) gets it
+under autograd too. In training mode both compute exactly what their parent class computes.
 """
 
 from __future__ import annotations
