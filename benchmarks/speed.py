@@ -48,6 +48,7 @@ import statistics
 import sys
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -281,20 +282,25 @@ def load_images(args) -> list[tuple[str, object]]:
 # --------------------------------------------------------------------------- main
 
 
+@dataclass
 class Samples:
-    """One codec's timings on one image, run by run."""
+    """One codec's timings on one image, run by run, and its last payload (with its size in
+    bytes) and label, as a timing child reports them."""
 
-    FIELDS = ("enc", "dec", "coder_enc", "coder_dec", "tables_enc", "tables_dec")
-
-    def __init__(self):
-        for field in self.FIELDS:
-            setattr(self, field, [])
-        self.payload = b""
+    enc: list = field(default_factory=list)
+    dec: list = field(default_factory=list)
+    coder_enc: list = field(default_factory=list)
+    coder_dec: list = field(default_factory=list)
+    tables_enc: list = field(default_factory=list)
+    tables_dec: list = field(default_factory=list)
+    payload: object = b""
+    size: int = 0
+    label: str = ""
 
     def extend(self, other: "Samples") -> None:
-        for field in self.FIELDS:
-            getattr(self, field).extend(getattr(other, field))
-        self.payload = other.payload
+        for times in ("enc", "dec", "coder_enc", "coder_dec", "tables_enc", "tables_dec"):
+            getattr(self, times).extend(getattr(other, times))
+        self.payload, self.size, self.label = other.payload, other.size, other.label
 
 
 def time_run(codec, image, timers: CoderTimers | None, samples: Samples) -> None:
@@ -315,10 +321,10 @@ def time_run(codec, image, timers: CoderTimers | None, samples: Samples) -> None
         samples.tables_dec.append(timers.totals["probability_table"])
 
 
-def summary(codec, image, s: Samples) -> dict:
+def summary(image, s: Samples) -> dict:
     out = {"encode_s": statistics.median(s.enc), "decode_s": statistics.median(s.dec),
            "encode_runs_s": s.enc, "decode_runs_s": s.dec,
-           "bpp": codec.size(s.payload) * 8 / (image.width * image.height), "payload": s.payload}
+           "bpp": s.size * 8 / (image.width * image.height), "payload": s.payload}
     if s.coder_enc:
         out["range_coder"] = {
             "encode_share": sum(s.coder_enc) / sum(s.enc), "decode_share": sum(s.coder_dec) / sum(s.dec),
@@ -339,31 +345,31 @@ def _timing_child(queue, name: str, model_path: str | None, threads: int, image,
         decoded = codec.decode(codec.encode(image))  # warm-up
         if decoded.size != image.size:
             raise RuntimeError(f"{name}: decoded size {decoded.size} != {image.size}")
-        samples = Samples()
+        samples = Samples(label=codec.label)
         timers = CoderTimers() if name == "dqcodec" else None
         with timers or contextlib.nullcontext():
             for _ in range(runs):
                 time_run(codec, image, timers, samples)
+        samples.size = codec.size(samples.payload)
         queue.put({"ok": True, "samples": samples})
     except BaseException as exc:  # report, don't hang the parent
         queue.put({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
 
 
-def time_codecs(codecs: dict, image, runs: int, rounds: int, model_path: str | None, threads: int,
+def time_codecs(names: list, image, runs: int, rounds: int, model_path: str | None, threads: int,
                 effort: int) -> dict:
-    """Median encode and decode times of each codec on one image. Each codec is timed in a
-    process of its own (a warm-up, then `runs` timed runs), so that none inherits another's
-    memory layout: in one shared process the hyperprior's kodim23 encode took 0.22-0.29 s
+    """Each named codec's Samples on one image. Each codec is timed in a process of its own
+    (a warm-up, then `runs` timed runs), so that none inherits another's memory layout: in one shared process the hyperprior's kodim23 encode took 0.22-0.29 s
     depending on what ran before it. The codecs take `rounds` turns, so a slower spell of a
     shared machine falls on all of them alike."""
-    samples = {name: Samples() for name in codecs}
+    samples = {name: Samples() for name in names}
     for _ in range(rounds):
-        for name in codecs:
+        for name in names:
             result = in_child(_timing_child, name, model_path, threads, image, runs, effort)
             if not result["ok"]:
                 raise RuntimeError(f"{name} timing child failed: {result['error']}")
             samples[name].extend(result["samples"])
-    return {name: summary(codec, image, samples[name]) for name, codec in codecs.items()}
+    return samples
 
 
 def fmt(value, spec=".3f"):
@@ -412,21 +418,21 @@ def main(argv=None) -> int:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"{platform.processor() or platform.machine()}; {args.rounds} round(s) of a warm-up and {args.runs} timed run(s)")
-    codecs = {}
-    for name in names:
-        codecs[name] = make_codec(name, args.model, args.effort)
-        print(f"  {name}: {codecs[name].label}")
-
+    labels = {}  # each codec as its timing children describe it
     rows = []
     for image_name, image in images:
-        timed = {name: codec for name, codec in codecs.items()
-                 if not (name == "mbt2018" and args.skip_slow and image_name in large_names)}
-        if len(timed) < len(codecs):
+        timed = [name for name in names
+                 if not (name == "mbt2018" and args.skip_slow and image_name in large_names)]
+        if len(timed) < len(names):
             print(f"mbt2018 on {image_name}: skipped (--skip-slow)")
         print(f"{', '.join(timed)} on {image_name} ({image.width}x{image.height}), "
               f"{args.rounds} round(s) ...", flush=True)
-        for name, row in time_codecs(timed, image, args.runs, args.rounds, args.model, args.threads,
-                                     args.effort).items():
+        for name, samples in time_codecs(timed, image, args.runs, args.rounds, args.model, args.threads,
+                                         args.effort).items():
+            if name not in labels:
+                labels[name] = samples.label
+                print(f"  {name}: {samples.label}")
+            row = summary(image, samples)
             payload = row.pop("payload")
             if not args.no_memory:
                 row["memory_encode"] = peak_memory("encode", name, args.model, args.threads, image,
@@ -492,7 +498,7 @@ def main(argv=None) -> int:
     if args.json:
         result = {"args": vars(args), "torch": torch.__version__, "threads": torch.get_num_threads(),
                   "cpus": os.cpu_count(), "platform": platform.platform(),
-                  "codecs": {n: c.label for n, c in codecs.items()}, "rows": rows, "ratios": ratios}
+                  "codecs": labels, "rows": rows, "ratios": ratios}
         Path(args.json).write_text(json.dumps(result, indent=2))
         print(f"\nsaved {args.json}")
     return 0

@@ -63,9 +63,6 @@ class DQLatentCodec(LatentCodec):
             if p.anchors:  # the slice's first pass
                 shared = self.prior.slice_inputs(s, cond_features, y_hat)
             mean, log_scale, free = self.prior.params(s, shared, y_hat, p.anchors)
-            # under the encoder search's bf16 autocast only the networks above run in bf16
-            mean, log_scale = mean.float(), log_scale.float()
-            free = None if free is None else free.float()
             positions = anchors if p.anchors else ~anchors
             chosen = torch.zeros_like(indices[:, groups])
             for rows in blocks:

@@ -25,13 +25,12 @@ class FusedGDN(GDN):
     shorter backward (FrozenGDN)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        frozen = not (self.training or self.beta.requires_grad or self.gamma.requires_grad)
-        if torch.is_grad_enabled() and not frozen:
+        if torch.is_grad_enabled() and (self.training or self.beta.requires_grad or self.gamma.requires_grad):
             return super().forward(x)
         channels = x.shape[1]
         beta = self.beta_reparam(self.beta)
         gamma = self.gamma_reparam(self.gamma).reshape(channels, channels, 1, 1)
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled():  # frozen, in eval mode: gradients to x only
             return FrozenGDN.apply(x, beta, gamma, self.inverse)
         norm = F.conv2d(x.square(), gamma, beta)
         norm = norm.sqrt_() if self.inverse else norm.rsqrt_()

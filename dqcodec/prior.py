@@ -138,9 +138,11 @@ class CodePrior(nn.Module):
                anchors: bool) -> tuple[Tensor, Tensor, Tensor | None]:
         """Mean and log-scale (B, G_s, H, W, d) for slice s given everything decoded so far
         (`shared` from slice_inputs, and the slice's anchors unless this is their pass),
-        and the free logits (B, G_s, H, W, K) or None."""
+        and the free logits (B, G_s, H, W, K) or None; fp32 even where the networks ran in
+        bf16 (the encoder search's autocast), since the logits are built from them."""
         current = None if anchors else y_hat[:, self.channel_slice(s)]
         params, free = self.contexts[s](shared, current)
+        params, free = params.float(), None if free is None else free.float()
         b, _, h, w = params.shape
         params = params.reshape(b, self.groups_per_slice, 2, self.dim, h, w).permute(0, 1, 4, 5, 2, 3)
         if free is not None:

@@ -59,9 +59,7 @@ class DepthwiseQuantizer(nn.Module):
         bits_k = (logsumexp - logits_k) / ln 2: both drop out of the argmin, which leaves
         |c_k|^2 - rate_weight / ln 2 * logits_k - 2 v.c_k: one batched matmul, then in place."""
         codes = self.codebooks[groups]  # (G', K, d)
-        b, g, n, d = v.shape
-        cross = torch.bmm(v.reshape(b * g, n, d), codes.transpose(1, 2).repeat(b, 1, 1))
-        cost = cross.reshape(b, g, n, self.codebook_size).mul_(-2.0).add_(codes.pow(2).sum(-1)[None, :, None])
+        cost = torch.matmul(v, codes.transpose(1, 2) * -2.0).add_(codes.pow(2).sum(-1)[:, None])
         if logits is not None and bool((rate_weight > 0).any()):
             cost.addcmul_(logits, rate_weight, value=-1.0 / math.log(2.0))
         return cost.argmin(-1)
