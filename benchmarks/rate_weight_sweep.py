@@ -4,6 +4,10 @@ The decoder does not depend on the assignment strength, so quality levels can sh
 weights. Run on held-out photos (not Kodak) to choose the levels in models/zoo.json:
 
     python benchmarks/rate_weight_sweep.py --model models/X.safetensors --data-dir DIR
+
+With --level N it also measures the shipped levels N-1, N and N+1 on the same photos and
+says where each strength of the candidate lies against their curve, and what the candidate
+gives at level N's rate: how a retrained model for level N is judged before it ships.
 """
 
 from __future__ import annotations
@@ -11,14 +15,26 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
-from dqcodec.codec import Codec
+from dqcodec.codec import Codec, load_codec
 from dqcodec.datasets import list_images
-from dqcodec.image_io import open_image
-from dqcodec.metrics import bits_per_pixel, psnr
+from dqcodec.evaluation import evaluate, summarize
+from dqcodec.rd import psnr_at
+from dqcodec.refinement import DEFAULT_EFFORT
 from dqcodec.training import split_train_val
-from dqcodec.zoo import read_model_file
+from dqcodec.zoo import read_model_file, shipped_models
+
+Point = tuple[float, float]
+
+
+def measure(codec: Codec, photos: list[Path], effort: int) -> Point:
+    mean = summarize(evaluate(codec, photos, progress=False, effort=effort))
+    return mean["bpp"], mean["psnr"]
+
+
+def offset(curve: list[Point], point: Point) -> str:
+    """dB of `point` above the curve at its rate (piecewise linear in log bpp)."""
+    at = psnr_at(sorted(curve), point[0])
+    return "outside" if at is None else f"{point[1] - at:+.3f} dB"
 
 
 def main() -> None:
@@ -27,21 +43,37 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, required=True,
                         help="a training folder: its held-out validation split is used")
     parser.add_argument("--weights", default="0,0.02,0.05,0.1,0.2,0.4,0.8")
-    parser.add_argument("--count", type=int, default=8)
+    parser.add_argument("--count", type=int, default=16, help="how many held-out photos")
+    parser.add_argument("--effort", type=int, default=DEFAULT_EFFORT)
+    parser.add_argument("--search-scale", type=float, default=1.0)
+    parser.add_argument("--rate-point", type=int, help="of a variable-rate model (default: its highest)")
+    parser.add_argument("--level", type=int, help="compare with this shipped level and its neighbours")
     args = parser.parse_args()
 
     _, val = split_train_val(list_images(args.data_dir), 16)
-    images = [open_image(p) for p in val[: args.count]]
+    photos = val[: args.count]
+    print(f"{len(photos)} held-out photos, effort {args.effort}")
+
+    zoo_curve: dict[int, Point] = {}
+    if args.level is not None:
+        for quality in (q for q in shipped_models() if abs(q - args.level) <= 1):
+            zoo_curve[quality] = measure(load_codec(quality), photos, args.effort)
+            print(f"{'level ' + str(quality):>12}{zoo_curve[quality][0]:>9.4f}{zoo_curve[quality][1]:>8.2f}")
+
     model = read_model_file(args.model)
-    print(f"{'rate weight':>12}{'bpp':>9}{'PSNR':>8}   ({len(images)} held-out photos)")
+    print(f"{'rate weight':>12}{'bpp':>9}{'PSNR':>8}" + ("   against the levels' curve" if zoo_curve else ""))
+    candidate = []
     for weight in (float(w) for w in args.weights.split(",")):
-        codec = Codec(model, rate_weight=weight)
-        bpp, quality = [], []
-        for image in images:
-            data = codec.encode(image)
-            bpp.append(bits_per_pixel(len(data), image))
-            quality.append(psnr(image, codec.decode(data)))
-        print(f"{weight:>12.3f}{np.mean(bpp):>9.4f}{np.mean(quality):>8.2f}")
+        codec = Codec(model, args.level or 0, weight, args.rate_point, args.search_scale)
+        candidate.append(measure(codec, photos, args.effort))
+        note = f"   {offset(list(zoo_curve.values()), candidate[-1])}" if zoo_curve else ""
+        print(f"{weight:>12.3f}{candidate[-1][0]:>9.4f}{candidate[-1][1]:>8.2f}{note}")
+
+    if args.level in zoo_curve:
+        rate, quality = zoo_curve[args.level]
+        at = psnr_at(sorted(candidate), rate)
+        print(f"at level {args.level}'s {rate:.4f} bpp the candidate gives "
+              + ("(outside its strengths' range)" if at is None else f"{at:.2f} dB ({at - quality:+.3f} dB)"))
 
 
 if __name__ == "__main__":
