@@ -31,6 +31,10 @@ def measure(codec: Codec, photos: list[Path], effort: int) -> Point:
     return mean["bpp"], mean["psnr"]
 
 
+def row(label: str, point: Point) -> str:
+    return f"{label:>12}{point[0]:>9.4f}{point[1]:>8.2f}"
+
+
 def offset(curve: list[Point], point: Point) -> str:
     """dB of `point` above the curve at its rate (piecewise linear in log bpp)."""
     at = psnr_at(sorted(curve), point[0])
@@ -58,7 +62,7 @@ def main() -> None:
     if args.level is not None:
         for quality in (q for q in shipped_models() if abs(q - args.level) <= 1):
             zoo_curve[quality] = measure(load_codec(quality), photos, args.effort)
-            print(f"{'level ' + str(quality):>12}{zoo_curve[quality][0]:>9.4f}{zoo_curve[quality][1]:>8.2f}")
+            print(row(f"level {quality}", zoo_curve[quality]))
 
     model = read_model_file(args.model)
     print(f"{'rate weight':>12}{'bpp':>9}{'PSNR':>8}" + ("   against the levels' curve" if zoo_curve else ""))
@@ -67,7 +71,7 @@ def main() -> None:
         codec = Codec(model, args.level or 0, weight, args.rate_point, args.search_scale)
         candidate.append(measure(codec, photos, args.effort))
         note = f"   {offset(list(zoo_curve.values()), candidate[-1])}" if zoo_curve else ""
-        print(f"{weight:>12.3f}{candidate[-1][0]:>9.4f}{candidate[-1][1]:>8.2f}{note}")
+        print(row(f"{weight:.3f}", candidate[-1]) + note)
 
     if args.level in zoo_curve:
         rate, quality = zoo_curve[args.level]
