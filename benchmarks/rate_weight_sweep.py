@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, required=True,
                         help="a training folder: its held-out validation split is used")
     parser.add_argument("--weights", default="0,0.02,0.05,0.1,0.2,0.4,0.8")
-    parser.add_argument("--count", type=int, default=16, help="how many held-out photos")
+    parser.add_argument("--count", type=int, default=16, help="how many of the 16 held-out photos")
     parser.add_argument("--effort", type=int, default=DEFAULT_EFFORT)
     parser.add_argument("--search-scale", type=float, default=1.0)
     parser.add_argument("--rate-point", type=int, help="of a variable-rate model (default: its highest)")

@@ -48,7 +48,7 @@ import statistics
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -298,9 +298,13 @@ class Samples:
     label: str = ""
 
     def extend(self, other: "Samples") -> None:
-        for times in ("enc", "dec", "coder_enc", "coder_dec", "tables_enc", "tables_dec"):
-            getattr(self, times).extend(getattr(other, times))
-        self.payload, self.size, self.label = other.payload, other.size, other.label
+        """Append other's timings (the list fields); take its payload, size and label."""
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(mine, list):
+                mine.extend(theirs)
+            else:
+                setattr(self, f.name, theirs)
 
 
 def time_run(codec, image, timers: CoderTimers | None, samples: Samples) -> None:
@@ -359,9 +363,10 @@ def _timing_child(queue, name: str, model_path: str | None, threads: int, image,
 def time_codecs(names: list, image, runs: int, rounds: int, model_path: str | None, threads: int,
                 effort: int) -> dict:
     """Each named codec's Samples on one image. Each codec is timed in a process of its own
-    (a warm-up, then `runs` timed runs), so that none inherits another's memory layout: in one shared process the hyperprior's kodim23 encode took 0.22-0.29 s
-    depending on what ran before it. The codecs take `rounds` turns, so a slower spell of a
-    shared machine falls on all of them alike."""
+    (a warm-up, then `runs` timed runs), so that none inherits another's memory layout: in one
+    shared process the hyperprior's kodim23 encode took 0.22-0.29 s depending on what ran
+    before it. The codecs take `rounds` turns, so a slower spell of a shared machine falls on
+    all of them alike."""
     samples = {name: Samples() for name in names}
     for _ in range(rounds):
         for name in names:
