@@ -13,6 +13,7 @@ gives at level N's rate: how a retrained model for level N is judged before it s
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 from pathlib import Path
 
 from dqcodec.codec import Codec, load_codec
@@ -35,9 +36,9 @@ def row(label: str, point: Point) -> str:
     return f"{label:>12}{point[0]:>9.4f}{point[1]:>8.2f}"
 
 
-def offset(curve: list[Point], point: Point) -> str:
+def offset(curve: Iterable[Point], point: Point) -> str:
     """dB of `point` above the curve at its rate (piecewise linear in log bpp)."""
-    at = psnr_at(sorted(curve), point[0])
+    at = psnr_at(curve, point[0])
     return "outside" if at is None else f"{point[1] - at:+.3f} dB"
 
 
@@ -68,14 +69,15 @@ def main() -> None:
     print(f"{'rate weight':>12}{'bpp':>9}{'PSNR':>8}" + ("   against the levels' curve" if zoo_curve else ""))
     candidate = []
     for weight in (float(w) for w in args.weights.split(",")):
-        codec = Codec(model, args.level or 0, weight, args.rate_point, args.search_scale)
+        codec = Codec(model, quality=args.level or 0, rate_weight=weight,
+                      rate_point=args.rate_point, search_scale=args.search_scale)
         candidate.append(measure(codec, photos, args.effort))
-        note = f"   {offset(list(zoo_curve.values()), candidate[-1])}" if zoo_curve else ""
+        note = f"   {offset(zoo_curve.values(), candidate[-1])}" if zoo_curve else ""
         print(row(f"{weight:.3f}", candidate[-1]) + note)
 
     if args.level in zoo_curve:
         rate, quality = zoo_curve[args.level]
-        at = psnr_at(sorted(candidate), rate)
+        at = psnr_at(candidate, rate)
         print(f"at level {args.level}'s {rate:.4f} bpp the candidate gives "
               + ("(outside its strengths' range)" if at is None else f"{at:.2f} dB ({at - quality:+.3f} dB)"))
 
