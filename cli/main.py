@@ -289,6 +289,8 @@ def format_comparison(comparison: dict, names: list[str]) -> str:
 @click.option("--width", type=int, default=128, show_default=True, help="Feature channels of the transforms.")
 @click.option("--init", "init", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Start from this model's weights (e.g. a shipped one), with a fresh optimizer.")
+@click.option("--init-point", type=click.IntRange(min=0), help="Start a single-rate model from this "
+              "rate point (0 = lowest) of a variable-rate --init model, e.g. models/dq-vr.safetensors.")
 @click.option("--rate-weight", type=float, help="Strength of rate-aware code assignment "
               "(bits weighed against squared latent distance) [default: 0.05, or the --init model's].")
 @click.option("--stages", help="Crop schedule CROPxBATCH:FRACTION,... "
@@ -301,8 +303,8 @@ def format_comparison(comparison: dict, names: list[str]) -> str:
               help="Arithmetic of the transforms while training; auto: bf16 where the hardware "
               "supports it. The prior always trains in fp32.")
 @user_errors
-def train(data, out, steps, minutes, stop_after, lr, lmbda, lambdas, groups, codebook_size, width, init, rate_weight, stages,
-          warmup, resume, device, precision):
+def train(data, out, steps, minutes, stop_after, lr, lmbda, lambdas, groups, codebook_size, width, init,
+          init_point, rate_weight, stages, warmup, resume, device, precision):
     """Train a model (progressive crop sizes, resumable)."""
     import dataclasses
 
@@ -314,12 +316,14 @@ def train(data, out, steps, minutes, stop_after, lr, lmbda, lambdas, groups, cod
     bottom = dataclasses.replace(base.bottom, groups=groups, codebook_size=codebook_size,
                                  slices=min(base.bottom.slices, groups))
     points = parse_lambdas(lambdas) if lambdas else ()
+    if init_point is not None and (init is None or points):
+        raise click.UsageError("--init-point needs --init and makes a single-rate model (no --lambdas)")
     config = dataclasses.replace(base, lmbda=lmbda, bottom=bottom, width=width, prior_width=width,
                                  rate_weight=base.rate_weight if rate_weight is None else rate_weight,
                                  lambdas=points)
     options = TrainOptions(data=data, out=out, steps=steps, lr=lr, config=config, init=init,
                            init_lmbda=lmbda if init else None,
-                           init_lambdas=points if init and points else None,
+                           init_lambdas=points if init and points else None, init_point=init_point,
                            init_rate_weight=rate_weight if init else None, warmup=warmup, device=device,
                            precision=precision, minutes=minutes, stop_after=stop_after,
                            stages=parse_stages(stages) if stages else DEFAULT_STAGES)

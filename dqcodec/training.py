@@ -57,6 +57,7 @@ class TrainOptions:
     init_lmbda: float | None = None  # retarget an initialised model to another trade-off
     init_rate_weight: float | None = None  # ... and to another assignment strength
     init_lambdas: tuple[float, ...] | None = None  # ... or make it a variable-rate model
+    init_point: int | None = None  # start a single-rate model from this point of a variable-rate `init`
     device: str = "auto"  # auto: CUDA when available (one GPU per process), else CPU
     # the transforms' arithmetic: auto takes bf16 where the hardware has it (2.2x faster
     # training steps on this machine's AVX512-BF16 CPU); the prior always runs in fp32
@@ -438,10 +439,12 @@ def budgeted_steps(model: DQCodec, opts: TrainOptions, device: torch.device, bf1
 
 
 def initialised_model(opts: TrainOptions) -> DQCodec:
-    """A model file's weights, retargeted to the options' trade-off(s). A single-rate model
-    made variable-rate starts every point from its weights, with the new model's gains and
-    zero prior embeddings."""
+    """A model file's weights (or one rate point's, `init_point`), retargeted to the options'
+    trade-off(s). A single-rate model made variable-rate starts every point from its weights,
+    with the new model's gains and zero prior embeddings."""
     model = read_model_file(opts.init)
+    if opts.init_point is not None:
+        model = single_rate_model(model, opts.init_point)
     config = model.config
     if opts.init_lmbda is not None:
         config = dataclasses.replace(config, lmbda=opts.init_lmbda)
@@ -462,6 +465,34 @@ def initialised_model(opts: TrainOptions) -> DQCodec:
     model.config = config
     model.top.rate_weight = model.bottom.rate_weight = config.rate_weight
     return model.train()
+
+
+@torch.no_grad()
+def single_rate_model(model: DQCodec, point: int) -> DQCodec:
+    """One rate point of a variable-rate model as a single-rate model that codes exactly
+    as that point did: the point's gains move into the convolutions on either side of the
+    quantizer, its prior embedding into the biases that read it, its code bias stays."""
+    config = model.config
+    if config.rate_points == 1:
+        raise DQError("--init-point needs a variable-rate --init model")
+    if not 0 <= point < config.rate_points:
+        raise DQError(f"--init-point must be 0..{config.rate_points - 1}")
+    single = DQCodec(dataclasses.replace(config, lambdas=(), lmbda=config.lambdas[point]))
+    state = {k: v.clone() for k, v in model.state_dict().items() if "gain" not in k}
+    for level, encode, decode in (("top", "top_a.2", "top_s.0"), ("bottom", "bottom_a", "g_s.0")):
+        gain = getattr(model, f"{level}_gain")[point].exp()
+        state[f"{encode}.weight"] *= gain[:, None, None, None]
+        state[f"{encode}.bias"] *= gain
+        state[f"{decode}.weight"][: gain.numel()] /= gain[:, None, None, None]
+        prior = f"{level}.prior"
+        embedding = state.pop(f"{prior}.point_embedding")[point]
+        for s in range(config.top.slices if level == "top" else config.bottom.slices):
+            weight = state[f"{prior}.cond_proj.{s}.weight"][:, :, 0, 0]
+            state[f"{prior}.cond_proj.{s}.bias"] += weight @ embedding
+        state[f"{prior}.code_bias"] = state[f"{prior}.code_bias"][point]
+    single.load_state_dict(state)
+    single.top.rate_weight, single.bottom.rate_weight = model.top.rate_weight, model.bottom.rate_weight
+    return single.train(model.training)
 
 
 def deepened_prior(model: DQCodec, kernel: int, blocks: int, free_logits: bool = False) -> DQCodec:

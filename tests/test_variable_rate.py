@@ -12,7 +12,7 @@ from dqcodec.errors import DQError
 from dqcodec.model import DQCodec
 from dqcodec.image_io import to_tensor
 from dqcodec.model import pad_to_stride
-from dqcodec.training import TrainOptions, initialised_model, parse_lambdas
+from dqcodec.training import TrainOptions, initialised_model, parse_lambdas, single_rate_model
 from dqcodec.testing import tiny_model, tiny_variable_rate_model
 from dqcodec.zoo import read_model_file, save_model
 
@@ -93,6 +93,40 @@ def test_widening_a_single_rate_model_keeps_its_highest_point(tmp_path):
     widened.eval()
     with torch.no_grad():
         assert torch.equal(widened(x, 1)["x_hat"], source(x)["x_hat"])
+
+
+@pytest.mark.parametrize("point", [0, 1])
+def test_one_rate_point_becomes_a_single_rate_model_that_codes_alike(point):
+    source = tiny_variable_rate_model(0)
+    with torch.no_grad():  # per-point prior parameters that matter, and large encoder biases
+        for level in (source.top, source.bottom):
+            level.prior.point_embedding.normal_(0, 1)
+            level.prior.code_bias.normal_(0, 1)
+        for encoder in (source.top_a[-1], source.bottom_a):  # biases the gains must scale too
+            encoder.bias.normal_(0, 3)
+    single = single_rate_model(source, point).eval()
+    assert single.config.rate_points == 1 and single.config.lmbda == source.config.lambdas[point]
+    x = pad_to_stride(to_tensor(photo(100, 70, 3)), 64)
+    with torch.no_grad():
+        expected, got = source.compress(x, None, point), single.compress(x)
+        for level in ("top", "bottom"):
+            assert torch.equal(got["indices"][level], expected["indices"][level])
+        assert got["information_bits"] == pytest.approx(expected["information_bits"], rel=1e-5)
+        decoded = single.decompress(got["strings"], got["shape"])["x_hat"]
+        reference = source.decompress(expected["strings"], expected["shape"], point)["x_hat"]
+    assert torch.allclose(decoded, reference, atol=1e-5)
+
+
+def test_only_a_variable_rate_model_gives_up_a_rate_point(tmp_path):
+    from test_cli import run
+
+    with pytest.raises(DQError, match="variable-rate"):
+        single_rate_model(tiny_model(0), 0)
+    with pytest.raises(DQError, match="0..2"):
+        single_rate_model(tiny_variable_rate_model(0), 3)
+    r = run("train", "--data", tmp_path, "--out", tmp_path / "run", "--init-point", 0)
+    assert r.exit_code != 0 and "--init-point needs --init" in r.output
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("text", ["0.01", "0.1,0.01", "0.01,0.01", "0,0.1", "a,b"])
