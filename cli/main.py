@@ -293,6 +293,8 @@ def format_comparison(comparison: dict, names: list[str]) -> str:
               "rate point (0 = lowest) of a variable-rate --init model, e.g. models/dq-vr.safetensors.")
 @click.option("--rate-weight", type=float, help="Strength of rate-aware code assignment "
               "(bits weighed against squared latent distance) [default: 0.05, or the --init model's].")
+@click.option("--rate-weight-ramp", type=click.FloatRange(0, 1), help="Share of the steps over which the "
+              "assignment strength grows from 0 to --rate-weight [default: 0.3, or 0.02 with --init].")
 @click.option("--stages", help="Crop schedule CROPxBATCH:FRACTION,... "
               "[default: 64x24:0.2,128x8:0.45,192x4:0.35].")
 @click.option("--warmup", type=int, default=300, show_default=True, help="Learning-rate warm-up steps.")
@@ -304,7 +306,7 @@ def format_comparison(comparison: dict, names: list[str]) -> str:
               "supports it. The prior always trains in fp32.")
 @user_errors
 def train(data, out, steps, minutes, stop_after, lr, lmbda, lambdas, groups, codebook_size, width, init,
-          init_point, rate_weight, stages, warmup, resume, device, precision):
+          init_point, rate_weight, rate_weight_ramp, stages, warmup, resume, device, precision):
     """Train a model (progressive crop sizes, resumable)."""
     import dataclasses
 
@@ -324,7 +326,8 @@ def train(data, out, steps, minutes, stop_after, lr, lmbda, lambdas, groups, cod
     options = TrainOptions(data=data, out=out, steps=steps, lr=lr, config=config, init=init,
                            init_lmbda=lmbda if init else None,
                            init_lambdas=points if init and points else None, init_point=init_point,
-                           init_rate_weight=rate_weight if init else None, warmup=warmup, device=device,
+                           init_rate_weight=rate_weight if init else None, rate_weight_ramp=rate_weight_ramp,
+                           warmup=warmup, device=device,
                            precision=precision, minutes=minutes, stop_after=stop_after,
                            stages=parse_stages(stages) if stages else DEFAULT_STAGES)
     kept = run_training(options, resume=resume, log=lambda m: click.echo(m, err=True))

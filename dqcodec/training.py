@@ -309,6 +309,9 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
     ramp_share = opts.rate_weight_ramp
     if ramp_share is None:
         ramp_share = 0.02 if opts.init is not None else 0.3
+    if rank == 0:
+        log(f"assignment strength grows to {config.rate_weight:g} over the first "
+            f"{round(ramp_share * opts.steps)} of {opts.steps} steps")
     lambdas = torch.tensor(config.point_lambdas(), device=device)
     point_rng = torch.Generator().manual_seed(opts.seed * 1000 + rank * 7919 + step)
     bar = tqdm(total=opts.steps, initial=step, disable=rank != 0, dynamic_ncols=True)

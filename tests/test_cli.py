@@ -184,10 +184,11 @@ def test_train_and_resume(tmp_path, training_photos):
     src = tmp_path / "in.png"
     photo(64, 64).save(src)
     assert run("encode", src, "-o", tmp_path / "a.dq", "--model", exported).exit_code == 0
-    r = run("train", "--data", data, "--out", tmp_path / "run2", "--init", exported, "--steps", 1,
-            "--lambda", 0.01, "--rate-weight", 0.2, "--stages", "64x2:1")
+    r = run("train", "--data", data, "--out", tmp_path / "run2", "--init", exported, "--steps", 4,
+            "--lambda", 0.01, "--rate-weight", 0.2, "--rate-weight-ramp", 0.5, "--stages", "64x2:1")
     assert r.exit_code == 0 and "initialised from" in r.output
     assert "lambda 0.01" in r.output and "assignment strength 0.2" in r.output
+    assert "grows to 0.2 over the first 2 of 4 steps" in r.output
 
 
 @pytest.mark.parametrize("stages", ["128x8", "128:0.5", "100x8:1", "64x0:1", "64x4:0"])
