@@ -327,8 +327,7 @@ def train(data, out, steps, minutes, stop_after, lr, lmbda, lambdas, groups, cod
                            init_lmbda=lmbda if init else None,
                            init_lambdas=points if init and points else None, init_point=init_point,
                            init_rate_weight=rate_weight if init else None, rate_weight_ramp=rate_weight_ramp,
-                           warmup=warmup, device=device,
-                           precision=precision, minutes=minutes, stop_after=stop_after,
+                           warmup=warmup, device=device, precision=precision, minutes=minutes, stop_after=stop_after,
                            stages=parse_stages(stages) if stages else DEFAULT_STAGES)
     kept = run_training(options, resume=resume, log=lambda m: click.echo(m, err=True))
     click.echo(f"best checkpoint: {kept}" if kept.name == "best.pt" else f"checkpoint (not validated yet): {kept}")

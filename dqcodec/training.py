@@ -489,7 +489,7 @@ def single_rate_model(model: DQCodec, point: int) -> DQCodec:
         state[f"{decode}.weight"][: gain.numel()] /= gain[:, None, None, None]
         prior = f"{level}.prior"
         embedding = state.pop(f"{prior}.point_embedding")[point]
-        for s in range(config.top.slices if level == "top" else config.bottom.slices):
+        for s in range(getattr(config, level).slices):
             weight = state[f"{prior}.cond_proj.{s}.weight"][:, :, 0, 0]
             state[f"{prior}.cond_proj.{s}.bias"] += weight @ embedding
         state[f"{prior}.code_bias"] = state[f"{prior}.code_bias"][point]

@@ -102,7 +102,7 @@ def test_one_rate_point_becomes_a_single_rate_model_that_codes_alike(point):
         for level in (source.top, source.bottom):
             level.prior.point_embedding.normal_(0, 1)
             level.prior.code_bias.normal_(0, 1)
-        for encoder in (source.top_a[-1], source.bottom_a):  # biases the gains must scale too
+        for encoder in (source.top_a[-1], source.bottom_a):
             encoder.bias.normal_(0, 3)
     single = single_rate_model(source, point).eval()
     assert single.config.rate_points == 1 and single.config.lmbda == source.config.lambdas[point]
