@@ -309,9 +309,10 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
     ramp_share = opts.rate_weight_ramp
     if ramp_share is None:
         ramp_share = 0.02 if opts.init is not None else 0.3
+    ramp_steps = ramp_share * opts.steps
     if rank == 0:
         log(f"assignment strength grows to {config.rate_weight:g} over the first "
-            f"{round(ramp_share * opts.steps)} of {opts.steps} steps")
+            f"{round(ramp_steps)} of {opts.steps} steps")
     lambdas = torch.tensor(config.point_lambdas(), device=device)
     point_rng = torch.Generator().manual_seed(opts.seed * 1000 + rank * 7919 + step)
     bar = tqdm(total=opts.steps, initial=step, disable=rank != 0, dynamic_ncols=True)
@@ -320,7 +321,7 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
         stage = stage_at(step, opts)
         x = sampler.batch(stage.crop, stage.batch).to(device).float() / 255.0
         set_learning_rate(optimizer, learning_rate(step, opts.lr, opts.warmup, opts.steps))
-        ramp = min(1.0, step / max(1.0, ramp_share * opts.steps))
+        ramp = min(1.0, step / max(1.0, ramp_steps))
         for level in (model.top, model.bottom):
             level.rate_weight = config.rate_weight * ramp
         points = sample_points(model, x.shape[0], point_rng).to(device)
@@ -481,19 +482,21 @@ def single_rate_model(model: DQCodec, point: int) -> DQCodec:
     if not 0 <= point < config.rate_points:
         raise DQError(f"--init-point must be 0..{config.rate_points - 1}")
     single = DQCodec(dataclasses.replace(config, lambdas=(), lmbda=config.lambdas[point]))
-    state = {k: v.clone() for k, v in model.state_dict().items() if "gain" not in k}
-    for level, encode, decode in (("top", "top_a.2", "top_s.0"), ("bottom", "bottom_a", "g_s.0")):
-        gain = getattr(model, f"{level}_gain")[point].exp()
-        state[f"{encode}.weight"] *= gain[:, None, None, None]
-        state[f"{encode}.bias"] *= gain
-        state[f"{decode}.weight"][: gain.numel()] /= gain[:, None, None, None]
-        prior = f"{level}.prior"
-        embedding = state.pop(f"{prior}.point_embedding")[point]
-        for s in range(getattr(config, level).slices):
-            weight = state[f"{prior}.cond_proj.{s}.weight"][:, :, 0, 0]
-            state[f"{prior}.cond_proj.{s}.bias"] += weight @ embedding
-        state[f"{prior}.code_bias"] = state[f"{prior}.code_bias"][point]
+    state = {k: v for k, v in model.state_dict().items() if "gain" not in k and "point_embedding" not in k}
+    for level in ("top", "bottom"):
+        state[f"{level}.prior.code_bias"] = state[f"{level}.prior.code_bias"][point]
     single.load_state_dict(state)
+    # where DQCodec applies the gains: after the latent's last encoder layer, before the
+    # first layer that reads the decoded latent
+    for level, encode, decode in (("top", single.top_a[-1], single.top_s[0]),
+                                  ("bottom", single.bottom_a, single.g_s[0])):
+        gain = getattr(model, f"{level}_gain")[point].exp()
+        encode.weight.mul_(gain[:, None, None, None])
+        encode.bias.mul_(gain)
+        decode.weight[: gain.numel()].div_(gain[:, None, None, None])
+        embedding = getattr(model, level).prior.point_embedding[point]
+        for projection in getattr(single, level).prior.cond_proj:
+            projection.bias.add_(projection.weight[:, :, 0, 0] @ embedding)
     single.top.rate_weight, single.bottom.rate_weight = model.top.rate_weight, model.bottom.rate_weight
     return single.train(model.training)
 
