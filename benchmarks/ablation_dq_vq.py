@@ -73,7 +73,7 @@ def main() -> None:
         fronts[family] = pareto_front(points)
     dq, vq = fronts["DQ"], fronts["VQ"]
     delta = bd_rate(dq, vq)
-    print(f"BD-rate of VQ against DQ (Pareto fronts): "
+    print("BD-rate of VQ against DQ (Pareto fronts): "
           + ("no PSNR overlap" if delta is None else f"{delta:+.1f}%"))
     for bpp, psnr in vq:
         at = psnr_at(dq, bpp)

@@ -205,25 +205,26 @@ def forge_streams(codec: Codec, width: int, height: int, bottom: bool = True) ->
         return _FORGED[key]
     model, stride = codec.model, codec.stride
 
-    def run(level, cond):
+    def run(level, cond, prior):
         encoder = IndexEncoder()
 
-        def choose(p, groups, logits, rows, mask):
+        def choose(p, groups, logits, rows, mask, table):
             chosen = logits.argmax(-1)
-            encoder.encode(chosen, logits)
+            encoder.encode(chosen, logits, table)
             return chosen
 
-        y_hat, indices, _ = level._run_passes(cond, point, choose)
+        y_hat, indices, _ = level._run_passes(cond, point, choose, integer=prior)
         return encoder.finish(), y_hat, indices
 
     shape = (-(-height // stride), -(-width // stride))
     point = torch.tensor([codec.rate_point])
-    top, y_top, i_top = run(model.top, torch.ones(1, 1, *shape))
+    integer = codec.integer_model(codec.rate_point)
+    top, y_top, i_top = run(model.top, torch.ones(1, 1, *shape), (integer.top, integer.top_input(*shape)))
     if not bottom:
         _FORGED[key] = (top, b"", 0)
     else:
         cond = model.condition_from_top(y_top, point)
-        bot, _, i_bottom = run(model.bottom, cond)
+        bot, _, i_bottom = run(model.bottom, cond, (integer.bottom, integer.condition(i_top)))
         _FORGED[key] = (top, bot, index_checksum(i_top, i_bottom))
     return _FORGED[key]
 

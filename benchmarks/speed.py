@@ -20,6 +20,8 @@ Codecs:
   dqcodec     `Codec.encode_image` / `Codec.decode` (pixels <-> .dq bytes), with --model FILE,
               else the shipped default model, else a random-weight `DQCodec()` (said so);
               --effort N times the encoder search (dqcodec encode --effort N).
+  dqcodec-float  the same model with the float prior (format version 1 files): what the
+              integer prior costs in time.
   hyperprior  CompressAI `bmshj2018_hyperprior(quality=4)`, random weights.
   mbt2018     CompressAI `mbt2018(quality=4)`, random weights; its autoregressive
               context model is coded one latent position at a time (minutes on a 4K image:
@@ -54,7 +56,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 LARGE_SIZE = (3840, 2160)
-CODECS = ("dqcodec", "hyperprior", "mbt2018")
+CODECS = ("dqcodec", "dqcodec-float", "hyperprior", "mbt2018")
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit.script in compressai
 
@@ -65,7 +67,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit.script in
 class DQAdapter:
     name = "dqcodec"
 
-    def __init__(self, model_path: str | None, effort: int):
+    def __init__(self, model_path: str | None, effort: int, float_prior: bool = False):
         import torch
         from dqcodec import codec as dqc
         from dqcodec import zoo
@@ -83,6 +85,10 @@ class DQAdapter:
                 torch.manual_seed(0)
                 self.codec = dqc.Codec(DQCodec())
                 self.label = "RANDOM weights (no shipped model)"
+        if float_prior:
+            c = self.codec
+            self.codec = dqc.Codec(c.model, c.quality, c.rate_weight, c.rate_point, c.search_scale, policy=None)
+            self.label += ", float prior"
         self.max_pixels = 1 << 40
         self.effort = effort
         self.label += f", effort {effort}"
@@ -137,7 +143,9 @@ class CompressAIAdapter:
 
 
 def make_codec(name: str, model_path: str | None, effort: int):
-    return DQAdapter(model_path, effort) if name == "dqcodec" else CompressAIAdapter(name)
+    if name.startswith("dqcodec"):
+        return DQAdapter(model_path, effort, float_prior=name == "dqcodec-float")
+    return CompressAIAdapter(name)
 
 
 # --------------------------------------------------------------------------- memory child
@@ -467,7 +475,7 @@ def main(argv=None) -> int:
         dq = by_key.get(("dqcodec", image_name))
         if dq is None:
             continue
-        for other in ("hyperprior", "mbt2018"):
+        for other in ("dqcodec-float", "hyperprior", "mbt2018"):
             o = by_key.get((other, image_name))
 
             def ratio(a, b):
@@ -488,7 +496,7 @@ def main(argv=None) -> int:
                   f"{fmt(q['peak_decode'], '.2f'):>9}")
 
     for r in rows:
-        if "range_coder" in r:
+        if "range_coder" in r and r["codec"] == "dqcodec":
             c = r["range_coder"]
             print(f"\ndqcodec range coder on {r['image']}: encode {c['encode_share']:.1%} of the time "
                   f"({c['encode_s']:.3f} s, of which probability tables {c['probability_table_encode_s']:.3f} s), "

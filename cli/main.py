@@ -155,6 +155,7 @@ def info(input):
     pixels = dq.width * dq.height
     click.echo(f"file:       {input} ({len(data)} bytes)")
     click.echo(f"image:      {dq.width}x{dq.height} {dq.mode}")
+    click.echo(f"format:     version {dq.version} ({'integer' if dq.version > 1 else 'float'} prior)")
     click.echo(f"model:      {dq.model_id.hex()} (quality {dq.quality or 'custom'}, rate point {dq.rate_point})")
     click.echo(f"payload:    top {len(dq.top)} B, bottom {len(dq.bottom)} B, alpha {len(dq.alpha)} B")
     click.echo(f"bpp:        {len(data) * 8 / pixels:.4f} (whole file, header included)")
@@ -382,3 +383,36 @@ def export(checkpoint, output, force, precision):
     model = model_from_checkpoint(checkpoint)
     write_atomic(output, lambda tmp: save_model(model, tmp, precision))
     click.echo(f"{checkpoint} -> {output}")
+
+
+@main.command()
+@click.option("--model", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
+              help="The model file (.safetensors).")
+@click.option("--photos", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="Calibrate on centre crops of photos from this folder's training split (the photos "
+              "train and fit-prior train on) [default: on codes the model synthesizes from its prior].")
+@click.option("--count", type=click.IntRange(min=1), default=12, show_default=True,
+              help="With --photos: how many, chosen with a fixed seed.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Output JSON.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing output.")
+@user_errors
+def calibrate(model, photos, count, output, force):
+    """Measure the activation ranges the integer prior is derived from (JSON). A model file
+    keeps them in its metadata, or beside it as NAME.calibration.json."""
+    import random
+
+    from dqcodec.calibration import calibrate_photos, calibrate_synthesized
+    from dqcodec.datasets import list_images
+    from dqcodec.training import split_train_val
+    from dqcodec.zoo import read_model_file
+
+    check_output(model, output, force)
+    weights = read_model_file(model)
+    if photos is None:
+        result = calibrate_synthesized(weights)
+    else:
+        train, _ = split_train_val(list_images(photos), 16)
+        random.Random(0).shuffle(train)
+        result = calibrate_photos(weights, train[:count])
+    write_atomic(output, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n"))
+    click.echo(f"{model} -> {output}: {result['source']}")

@@ -11,23 +11,24 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .container import DQFile
+from .calibration import calibrate_synthesized
+from .container import VERSION, DQFile
 from .errors import DQError
 from .image_io import open_image, split_alpha, to_image, to_tensor
+from .integer_prior import DEFAULT_POLICY, IntegerModel, Policy, derive, integer_id
 from .model import DQCodec, pad_to_stride
 from .refinement import DEFAULT_EFFORT, encoder_features
 from . import zoo
 
 DEFAULT_MAX_PIXELS = 1 << 26  # 67 MP; raise with max_pixels / --max-pixels
 
-# PyTorch's CPU convolutions round differently with different thread counts, and the range
-# decoder needs the encoder's probabilities to the last bit: the codec always runs its
-# networks with this many threads, whatever the caller's setting.
-CODEC_THREADS = 2
+# Files of format version 1 were coded with the float prior, whose results depend on the
+# thread count: they decode with the thread count that encoded them.
+FLOAT_PRIOR_THREADS = 2
 
 
 @contextmanager
-def fixed_threads(count: int = CODEC_THREADS):
+def fixed_threads(count: int = FLOAT_PRIOR_THREADS):
     previous = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
@@ -51,10 +52,16 @@ class EncodeResult:
 
 class Codec:
     def __init__(self, model: DQCodec, quality: int = 0, rate_weight: float | None = None,
-                 rate_point: int | None = None, search_scale: float = 1.0):
+                 rate_point: int | None = None, search_scale: float = 1.0,
+                 calibration: dict | None = None, policy: Policy | None = DEFAULT_POLICY):
         """rate_point: which rate point of a variable-rate model encodes (default the
         highest); rate_weight: the assignment strength (default the trained one);
-        search_scale: multiplies the step size of the encoder search (effort > 0)."""
+        search_scale: multiplies the step size of the encoder search (effort > 0);
+        calibration: the activation ranges the integer prior is derived from (default: stored
+        with the model file; a model without them is calibrated on synthesized codes, which
+        only this machine is sure to reproduce); policy: the integer prior's bit widths, or
+        None to code with the float prior (format version 1, for comparisons: such files
+        decode only where the same floating-point kernels run)."""
         points = model.config.rate_points
         if rate_point is None:
             rate_point = points - 1
@@ -62,7 +69,10 @@ class Codec:
             raise DQError(f"rate point {rate_point} does not exist: the model has {points} (0-{points - 1})")
         if not search_scale > 0:
             raise DQError(f"search scale {search_scale} must be positive")
-        self.model_id = zoo.model_id(model)
+        self.float_model_id = zoo.model_id(model)  # what files of format version 1 name
+        self._calibration = calibration
+        self.policy = policy
+        self._integer: dict[int, IntegerModel] = {}
         # a Codec never trains its model: frozen weights let the encoder search compute
         # gradients to the features alone (layers.FrozenGDN)
         self.model = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
@@ -71,6 +81,24 @@ class Codec:
         self.rate_point = rate_point
         self.search_scale = search_scale
         self.stride = model.config.top_stride
+
+    @property
+    def calibration(self) -> dict:
+        if self._calibration is None:
+            self._calibration = calibrate_synthesized(self.model)
+        return self._calibration
+
+    @property
+    def model_id(self) -> bytes:
+        """The id new files name: the weights with the integer prior derived from them."""
+        if self.policy is None:
+            return self.float_model_id
+        return integer_id(self.float_model_id, self.calibration, self.policy)
+
+    def integer_model(self, point: int) -> IntegerModel:
+        if point not in self._integer:
+            self._integer[point] = derive(self.model, point, self.calibration, self.policy)
+        return self._integer[point]
 
     @property
     def setting(self) -> str:
@@ -85,15 +113,15 @@ class Codec:
         this image (slower encoding, same decoding; see refinement.py)."""
         rgb, alpha, mode = split_alpha(image)
         x = pad_to_stride(to_tensor(rgb), self.stride)
-        with fixed_threads():
-            features = encoder_features(self.model, x, self.rate_point, effort, self.rate_weight,
-                                        size=(rgb.height, rgb.width), step_scale=self.search_scale)
-            out = self.model.compress(x, self.rate_weight, self.rate_point, features=features)
+        features = encoder_features(self.model, x, self.rate_point, effort, self.rate_weight,
+                                    size=(rgb.height, rgb.width), step_scale=self.search_scale)
+        integer = None if self.policy is None else self.integer_model(self.rate_point)
+        out = self.model.compress(x, self.rate_weight, self.rate_point, features=features, integer=integer)
         top, bottom = out["strings"]
         alpha_bytes = zlib.compress(alpha.tobytes(), 9) if alpha is not None else b""
         crc = index_checksum(out["indices"]["top"], out["indices"]["bottom"])
         dq = DQFile(mode, self.quality, self.rate_point, self.model_id, rgb.width, rgb.height, top, bottom,
-                    alpha_bytes, crc)
+                    alpha_bytes, crc, version=1 if integer is None else VERSION)
         return EncodeResult(dq.to_bytes(), out["information_bits"])
 
     def encode(self, image: Image.Image | str | Path, effort: int = DEFAULT_EFFORT) -> bytes:
@@ -112,8 +140,12 @@ class Codec:
                           f"the limit of {max_pixels} pixels (raise it with --max-pixels)")
         alpha = alpha_plane(dq)
         try:
-            with fixed_threads():
-                out = self.model.decompress([dq.top, dq.bottom], shape, dq.rate_point)
+            if dq.version == 1:
+                with fixed_threads():
+                    out = self.model.decompress([dq.top, dq.bottom], shape, dq.rate_point)
+            else:
+                out = self.model.decompress([dq.top, dq.bottom], shape, dq.rate_point,
+                                            integer=self.integer_model(dq.rate_point))
         except (ValueError, RuntimeError) as exc:
             raise DQError(f"cannot decode the .dq payload ({exc})") from None
         if index_checksum(out["indices"]["top"], out["indices"]["bottom"]) != dq.index_crc:
@@ -126,9 +158,12 @@ class Codec:
         return image
 
     def check_compatible(self, dq: DQFile) -> None:
-        if dq.model_id != self.model_id:
+        expected = self.float_model_id if dq.version == 1 else self.model_id
+        if dq.version > 1 and self.policy is None:
+            raise DQError("this codec has no integer prior; files of format version 2 need one")
+        if dq.model_id != expected:
             raise DQError(f"file was encoded with model {dq.model_id.hex()} (quality {dq.quality}), "
-                          f"not with this one ({self.model_id.hex()}); pass the matching --model")
+                          f"not with this one ({expected.hex()}); pass the matching --model")
         if dq.rate_point >= self.model.config.rate_points:
             raise DQError(f"corrupt .dq header: rate point {dq.rate_point}, but the model has "
                           f"{self.model.config.rate_points}")
@@ -156,13 +191,14 @@ def alpha_plane(dq: DQFile) -> Image.Image | None:
 @lru_cache(maxsize=8)
 def _load(quality: int | None, path: str | None, rate_point: int | None = None) -> Codec:
     if path is not None:
-        return Codec(_read_weights(Path(path)), rate_point=rate_point)
+        return Codec(_read_weights(Path(path)), rate_point=rate_point, calibration=_read_calibration(Path(path)))
     levels = zoo.shipped_models()
     q = zoo.default_quality() if quality is None else quality
     if q not in levels:
         raise DQError(f"no model for quality {q} (available: {', '.join(map(str, levels)) or 'none'})")
     level = levels[q]
-    return Codec(_read_weights(level.weights), q, level.rate_weight, level.rate_point, level.search_scale)
+    return Codec(_read_weights(level.weights), q, level.rate_weight, level.rate_point, level.search_scale,
+                 _read_calibration(level.weights))
 
 
 @lru_cache(maxsize=4)
@@ -170,6 +206,11 @@ def _read_weights(path: Path):
     """Quality levels (or rate points of one model file) that share a weights file share one
     loaded model."""
     return zoo.read_model_file(path)
+
+
+@lru_cache(maxsize=4)
+def _read_calibration(path: Path) -> dict | None:
+    return zoo.read_calibration(path)
 
 
 def load_codec(quality: int | None = None, path: str | Path | None = None,

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from .errors import DQError
 
 MAGIC = b"\x89DQC"
-VERSION = 1
+# 2: the integer prior makes every probability (files decode on any machine);
+# 1: the float prior (decodes only where the encoder's floating-point kernels run)
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MODES = ("RGB", "L", "RGBA", "LA")
 # after the magic: version, mode, quality, rate point, model id, width, height,
 # top/bottom/alpha payload lengths, CRC32 of the decoded indices; then a CRC32 of
@@ -38,9 +41,10 @@ class DQFile:
     bottom: bytes
     alpha: bytes
     index_crc: int
+    version: int = VERSION
 
     def to_bytes(self) -> bytes:
-        fields = _FIELDS.pack(VERSION, MODES.index(self.mode), self.quality, self.rate_point, self.model_id,
+        fields = _FIELDS.pack(self.version, MODES.index(self.mode), self.quality, self.rate_point, self.model_id,
                               self.width, self.height, len(self.top), len(self.bottom),
                               len(self.alpha), self.index_crc)
         payload = self.top + self.bottom + self.alpha
@@ -56,8 +60,9 @@ class DQFile:
         (version, mode, quality, rate_point, model_id, width, height, n_top, n_bottom, n_alpha,
          index_crc) = _FIELDS.unpack(fields)
         (crc,) = _CRC.unpack_from(data, HEADER_SIZE - _CRC.size)
-        if version != VERSION:
-            raise FormatError(f"unsupported .dq format version {version} (this build reads {VERSION})")
+        if version not in READABLE_VERSIONS:
+            raise FormatError(f"unsupported .dq format version {version} (this build reads "
+                              f"{', '.join(map(str, READABLE_VERSIONS))})")
         expected = HEADER_SIZE + n_top + n_bottom + n_alpha
         if len(data) != expected:
             kind = "truncated" if len(data) < expected else "trailing data after"
@@ -71,4 +76,4 @@ class DQFile:
         top_end = HEADER_SIZE + n_top
         bottom_end = top_end + n_bottom
         return cls(MODES[mode], quality, rate_point, model_id, width, height, data[HEADER_SIZE:top_end],
-                   data[top_end:bottom_end], data[bottom_end:], index_crc)
+                   data[top_end:bottom_end], data[bottom_end:], index_crc, version)

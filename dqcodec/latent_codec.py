@@ -13,13 +13,16 @@ from compressai.latent_codecs import LatentCodec
 from torch import Tensor
 
 from .config import LevelConfig
+from .integer_prior import IntegerCodePrior, IntegerPasses, as_float_logits
 from .prior import CodePrior, Pass, checkerboard, code_bits, pass_schedule
 from .quantizer import DepthwiseQuantizer
 from .range_coding import IndexDecoder, IndexEncoder
 
-# chooser(pass, group slice, logits (B,G_s,n,K), rows, positions (h,W) bool) -> indices (B,G_s,n)
-# for the n positions of the pass (positions[rows] true, in row-major order)
-Chooser = Callable[[Pass, slice, Tensor, slice, Tensor], Tensor]
+# chooser(pass, group slice, logits (B,G_s,n,K), rows, positions (h,W) bool, table) -> indices
+# (B,G_s,n) for the n positions of the pass (positions[rows] true, in row-major order); table
+# is the integer prior's frequency table (B,G_s,n,K), its logits then integers in float64
+# (integer_prior.as_float_logits makes nats of them), or None where the float prior codes
+Chooser = Callable[[Pass, slice, Tensor, slice, Tensor, Tensor | None], Tensor]
 
 # Logits are built a block of rows at a time so large images need bounded memory; the
 # blocks depend only on the latent's shape, so encoder and decoder cut them alike.
@@ -44,12 +47,16 @@ class DQLatentCodec(LatentCodec):
         return [slice(r, min(r + rows, height)) for r in range(0, height, rows)]
 
     def _run_passes(self, cond: Tensor, point: Tensor, choose: Chooser,
-                    straight_through: Tensor | None = None):
+                    straight_through: Tensor | None = None,
+                    integer: tuple[IntegerCodePrior, Tensor] | None = None):
         """Walk the pass schedule; returns y_hat, indices and (when training, i.e. with
         straight_through) the logits each index was coded with. Each pass computes
-        logits only at the positions it codes (half of a checkerboard)."""
+        logits only at the positions it codes (half of a checkerboard). With `integer`
+        (the integer prior and its int8 conditioning) the integer prior makes the
+        probabilities; otherwise the float prior does."""
         b, _, h, w = cond.shape
-        cond_features = self.prior.condition(cond, point)
+        model = (IntegerPasses(*integer, self.level.channels) if integer is not None
+                 else FloatPasses(self.prior, cond, point, self.quantizer.codebooks))
         anchors = checkerboard(h, w, cond.device)
         y_hat = cond.new_zeros(b, self.level.channels, h, w)
         indices = torch.zeros(b, self.level.groups, h, w, dtype=torch.long, device=cond.device)
@@ -61,18 +68,15 @@ class DQLatentCodec(LatentCodec):
             s = p.slice_index
             groups, channels = self.prior.group_slice(s), self.prior.channel_slice(s)
             if p.anchors:  # the slice's first pass
-                shared = self.prior.slice_inputs(s, cond_features, y_hat)
-            mean, log_scale, free = self.prior.params(s, shared, y_hat, p.anchors)
+                model.begin_slice(s, y_hat)
+            params = model.params(s, y_hat, p.anchors)
             positions = anchors if p.anchors else ~anchors
             chosen = torch.zeros_like(indices[:, groups])
             for rows in blocks:
                 mask = positions[rows]
                 with torch.autocast(cond.device.type, enabled=False):  # fp32 logits and choices
-                    logits = self.prior.code_logits(s, mean[:, :, rows][:, :, mask],
-                                                    log_scale[:, :, rows][:, :, mask],
-                                                    self.quantizer.codebooks, point,
-                                                    None if free is None else free[:, :, rows][:, :, mask])
-                    chosen[:, :, rows][:, :, mask] = choose(p, groups, logits, rows, mask)
+                    logits, table = model.logits(s, params, rows, mask)
+                    chosen[:, :, rows][:, :, mask] = choose(p, groups, logits, rows, mask, table)
                 if straight_through is not None:
                     all_logits.append((groups, rows, mask, logits))
             if straight_through is not None:
@@ -82,6 +86,7 @@ class DQLatentCodec(LatentCodec):
             y_hat = y_hat.clone()
             y_hat[:, channels] = torch.where(positions, values, y_hat[:, channels])
             indices[:, groups] = torch.where(positions, chosen, indices[:, groups])
+            model.record(s, groups, positions, chosen)
         return y_hat, indices, all_logits
 
     def _assigner(self, z: Tensor, rate_weight: float | Tensor | None = None) -> Chooser:
@@ -89,7 +94,8 @@ class DQLatentCodec(LatentCodec):
         weight = torch.as_tensor(weight, dtype=z.dtype, device=z.device).reshape(-1, 1, 1, 1)
         vectors = self.quantizer.split(z.detach())  # (B, G, H, W, d)
 
-        def choose(p: Pass, groups: slice, logits: Tensor, rows: slice, mask: Tensor) -> Tensor:
+        def choose(p: Pass, groups: slice, logits: Tensor, rows: slice, mask: Tensor,
+                   table: Tensor | None) -> Tensor:
             return self.quantizer.assign(vectors[:, groups, rows][:, :, mask], groups, logits.detach(), weight)
 
         return choose
@@ -140,7 +146,8 @@ class DQLatentCodec(LatentCodec):
         """Total bits the prior gives known indices (B, G, H, W): what coding them costs,
         each position's bits scaled by weights (B, H, W) when given. Differentiable in the
         prior's parameters."""
-        def choose(p: Pass, groups: slice, logits: Tensor, rows: slice, mask: Tensor) -> Tensor:
+        def choose(p: Pass, groups: slice, logits: Tensor, rows: slice, mask: Tensor,
+                   table: Tensor | None) -> Tensor:
             return indices[:, groups, rows][:, :, mask]
 
         y_hat = self.quantizer.lookup(indices).detach()
@@ -148,27 +155,54 @@ class DQLatentCodec(LatentCodec):
         return self._bits(all_logits, indices, weights)
 
     @torch.no_grad()
-    def compress(self, z: Tensor, cond: Tensor, point: Tensor, rate_weight: float | None = None) -> dict:
+    def compress(self, z: Tensor, cond: Tensor, point: Tensor, rate_weight: float | None = None,
+                 integer: tuple[IntegerCodePrior, Tensor] | None = None) -> dict:
         """rate_weight overrides the trained assignment strength: the decoder does not
-        depend on it, so one model serves several rates."""
+        depend on it, so one model serves several rates. integer: code with the integer
+        prior (and its int8 conditioning) instead of the float one."""
         encoder = IndexEncoder()
         assign = self._assigner(z, rate_weight)
 
-        def choose(p: Pass, groups: slice, logits: Tensor, rows: slice, mask: Tensor) -> Tensor:
-            chosen = assign(p, groups, logits, rows, mask)
-            encoder.encode(chosen, logits)
+        def choose(p: Pass, groups: slice, logits: Tensor, rows: slice, mask: Tensor,
+                   table: Tensor | None) -> Tensor:
+            nats = logits if table is None else as_float_logits(logits)
+            chosen = assign(p, groups, nats, rows, mask, table)
+            encoder.encode(chosen, logits, table)
             return chosen
 
-        y_hat, indices, _ = self._run_passes(cond, point, choose)
+        y_hat, indices, _ = self._run_passes(cond, point, choose, integer=integer)
         return {"string": encoder.finish(), "y_hat": y_hat, "indices": indices,
                 "information_bits": encoder.information_bits}
 
     @torch.no_grad()
-    def decompress(self, string: bytes, cond: Tensor, point: Tensor) -> dict:
+    def decompress(self, string: bytes, cond: Tensor, point: Tensor,
+                   integer: tuple[IntegerCodePrior, Tensor] | None = None) -> dict:
         decoder = IndexDecoder(string)
 
-        def choose(p: Pass, groups: slice, logits: Tensor, rows: slice, mask: Tensor) -> Tensor:
-            return decoder.decode(logits)
+        def choose(p: Pass, groups: slice, logits: Tensor, rows: slice, mask: Tensor,
+                   table: Tensor | None) -> Tensor:
+            return decoder.decode(logits, table)
 
-        y_hat, indices, _ = self._run_passes(cond, point, choose)
+        y_hat, indices, _ = self._run_passes(cond, point, choose, integer=integer)
         return {"y_hat": y_hat, "indices": indices}
+
+
+class FloatPasses:
+    """The float prior's side of the pass walk (IntegerPasses is the integer one)."""
+
+    def __init__(self, prior: CodePrior, cond: Tensor, point: Tensor, codebooks: Tensor):
+        self.prior, self.point, self.codebooks = prior, point, codebooks
+        self.features = prior.condition(cond, point)
+
+    def begin_slice(self, s: int, y_hat: Tensor) -> None:
+        self.shared = self.prior.slice_inputs(s, self.features, y_hat)
+
+    def params(self, s: int, y_hat: Tensor, anchors: bool) -> tuple:
+        return self.prior.params(s, self.shared, y_hat, anchors)
+
+    def logits(self, s: int, params: tuple, rows: slice, mask: Tensor) -> tuple[Tensor, None]:
+        mean, log_scale, free = (None if t is None else t[:, :, rows][:, :, mask] for t in params)
+        return self.prior.code_logits(s, mean, log_scale, self.codebooks, self.point, free), None
+
+    def record(self, s: int, groups: slice, positions: Tensor, chosen: Tensor) -> None:
+        pass

@@ -10,6 +10,7 @@ from compressai.models.utils import conv, deconv
 from torch import Tensor
 
 from .config import ModelConfig
+from .integer_prior import IntegerModel
 from .latent_codec import DQLatentCodec
 from .layers import FusedGDN, SubpixelDeconv
 from .tiling import tiled_analysis, tiled_synthesis
@@ -107,7 +108,7 @@ class DQCodec(CompressionModel):
         """point: rate point of each sample (B,) or of all; default the highest."""
         point = self._points(x.shape[0], point, x.device)
         x_hat, levels = self._decoded(self.analyse(x), point,
-                                      lambda level, latent, cond: level(latent, cond, point))
+                                      lambda level, latent, cond, above: level(latent, cond, point))
         top, bottom = levels["top"], levels["bottom"]
         return {
             "x_hat": x_hat,
@@ -122,7 +123,7 @@ class DQCodec(CompressionModel):
         in the features through the straight-through estimate: what encoder-side refinement
         descends. Untiled: callers bound the size."""
         point = self._points(features.shape[0], point, features.device)
-        x_hat, _ = self._decoded(features, point, lambda level, latent, cond:
+        x_hat, _ = self._decoded(features, point, lambda level, latent, cond, above:
                                  level.assign_straight_through(latent, cond, point, rate_weight))
         return x_hat
 
@@ -133,12 +134,13 @@ class DQCodec(CompressionModel):
 
     def _through_levels(self, features: Tensor, point: Tensor, code) -> dict:
         """The encoder's walk down the hierarchy, shared by training, coding and code
-        assignment: code(level, latent, cond) -> dict with "y_hat" runs each level."""
+        assignment: code(level, latent, cond, above) -> dict with "y_hat" and "indices" runs
+        each level; above is the top level's result when the bottom level runs, else None."""
         t = self._scaled(self.top_a(features), self._gain("top", point))
-        top = code(self.top, t, self._unconditioned(t))
+        top = code(self.top, t, self._unconditioned(t), None)
         cond = self.condition_from_top(top["y_hat"], point)
         z = self._scaled(self.bottom_a(torch.cat([features, cond], 1)), self._gain("bottom", point))
-        return {"top": top, "bottom": code(self.bottom, z, cond), "cond": cond,
+        return {"top": top, "bottom": code(self.bottom, z, cond, top), "cond": cond,
                 "latents": {"top": t, "bottom": z}}
 
     @torch.no_grad()
@@ -149,12 +151,14 @@ class DQCodec(CompressionModel):
 
     @torch.no_grad()
     def compress(self, x: Tensor, rate_weight: float | None = None, point: int | None = None,
-                 features: Tensor | None = None) -> dict:
-        """features: `analyse_image(x)` when the caller already has it (refined, say)."""
+                 features: Tensor | None = None, integer: IntegerModel | None = None) -> dict:
+        """features: `analyse_image(x)` when the caller already has it (refined, say);
+        integer: the integer prior of `point` that makes the probabilities (None: the float
+        prior, format version 1)."""
         point = self._points(1, point, x.device)
         h = self.analyse_image(x) if features is None else features
-        levels = self._through_levels(h, point, lambda level, latent, cond:
-                                      level.compress(latent, cond, point, rate_weight))
+        levels = self._through_levels(h, point, lambda level, latent, cond, above: level.compress(
+            latent, cond, point, rate_weight, _integer_level(integer, level is self.top, latent, above)))
         top, bottom = levels["top"], levels["bottom"]
         return {
             "strings": [top["string"], bottom["string"]],
@@ -169,23 +173,33 @@ class DQCodec(CompressionModel):
         (shared by all points), without range coding: top and bottom indices (1, G, h, w)
         and the bottom level's conditioning features (1, N, h, w)."""
         point = self._points(1, point, features.device)
-        levels = self._through_levels(features, point,
-                                      lambda level, latent, cond: level.assign(latent, cond, point))
+        levels = self._through_levels(features, point, lambda level, latent, cond, above:
+                                      level.assign(latent, cond, point))
         return {"top": levels["top"]["indices"], "bottom": levels["bottom"]["indices"],
                 "cond": levels["cond"]}
 
     @torch.no_grad()
-    def decompress(self, strings: list[bytes], shape: tuple[int, int], point: int | None = None) -> dict:
+    def decompress(self, strings: list[bytes], shape: tuple[int, int], point: int | None = None,
+                   integer: IntegerModel | None = None) -> dict:
         point = self._points(1, point, None)
         ones = torch.ones(1, 1, *shape)
-        top = self.top.decompress(strings[0], ones, point)
+        top = self.top.decompress(strings[0], ones, point, _integer_level(integer, True, ones, None))
         cond = self.condition_from_top(top["y_hat"], point)
-        bottom = self.bottom.decompress(strings[1], cond, point)
+        bottom = self.bottom.decompress(strings[1], cond, point, _integer_level(integer, False, cond, top))
         y = torch.cat([self._unscaled(bottom["y_hat"], self._gain("bottom", point)), cond], 1)
         y = y.contiguous(memory_format=torch.channels_last)
         x_hat = tiled_synthesis(self.synthesise, y, stride=self.config.bottom_stride)
         return {"x_hat": x_hat.clamp_(0, 1),
                 "indices": {"top": top["indices"], "bottom": bottom["indices"]}}
+
+
+def _integer_level(integer: IntegerModel | None, top: bool, latent: Tensor, above: dict | None):
+    """(integer prior, int8 conditioning) of one level, or None on the float path."""
+    if integer is None:
+        return None
+    if top:
+        return integer.top, integer.top_input(*latent.shape[-2:])
+    return integer.bottom, integer.condition(above["indices"])
 
 
 def pad_to_stride(x: Tensor, stride: int) -> Tensor:

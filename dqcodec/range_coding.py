@@ -1,4 +1,12 @@
-"""Range coding of code indices with constriction, one call per pass."""
+"""Range coding of code indices with constriction, one call per pass.
+
+Probabilities arrive as an integer frequency table (the integer prior: frequencies summing
+to 2^24 - K) or, for files of format version 1, as float logits. constriction's
+Categorical(perfect=False) model family gives each symbol floor(cumulative * scale) + index
+as its cumulative, with scale = (2^24 - K) / sum; for an integer table that scale is exactly
+1 and every sum is an exact integer in float64, so the coder uses the table itself: the
+same quantiles on every machine, nothing rounded.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +21,11 @@ _MODEL = constriction.stream.model.Categorical(perfect=False)
 _MIN_PROBABILITY = 2.0**-24
 
 
-def probability_table(logits: Tensor) -> np.ndarray:
-    """(..., K) logits -> (n, K) float64 probabilities, rows in the tensor's order."""
-    probs = torch.softmax(logits.float(), dim=-1)
-    return probs.reshape(-1, probs.shape[-1]).double().numpy()
+def probability_table(logits: Tensor, table: Tensor | None = None) -> np.ndarray:
+    """(..., K) logits or integer table -> (n, K) float64 rows for constriction, in the
+    tensor's order: the table's integers exactly, else softmax(logits)."""
+    probs = table.double() if table is not None else torch.softmax(logits.float(), dim=-1).double()
+    return probs.reshape(-1, probs.shape[-1]).numpy()
 
 
 class IndexEncoder:
@@ -24,13 +33,16 @@ class IndexEncoder:
         self._coder = constriction.stream.queue.RangeEncoder()
         self.information_bits = 0.0  # cross-entropy of the coded indices under the prior
 
-    def encode(self, indices: Tensor, logits: Tensor) -> None:
-        probs = probability_table(logits)
+    def encode(self, indices: Tensor, logits: Tensor, table: Tensor | None = None) -> None:
+        probs = probability_table(logits, table)
         symbols = indices.reshape(-1).numpy().astype(np.int32)
         if symbols.size == 0:
             return
         self._coder.encode(symbols, _MODEL, probs)
-        chosen = probs[np.arange(symbols.size), symbols] / probs.sum(1)
+        if table is not None:  # what the coder spends: the table plus constriction's one
+            chosen = (probs[np.arange(symbols.size), symbols] + 1) / 2.0**24
+        else:
+            chosen = probs[np.arange(symbols.size), symbols] / probs.sum(1)
         self.information_bits += float(-np.log2(np.maximum(chosen, _MIN_PROBABILITY)).sum())
 
     def finish(self) -> bytes:
@@ -48,8 +60,8 @@ class IndexDecoder:
         words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
         self._coder = constriction.stream.queue.RangeDecoder(words)
 
-    def decode(self, logits: Tensor) -> Tensor:
-        probs = probability_table(logits)
+    def decode(self, logits: Tensor, table: Tensor | None = None) -> Tensor:
+        probs = probability_table(logits, table)
         if probs.shape[0] == 0:
             return torch.zeros(logits.shape[:-1], dtype=torch.long)
         try:

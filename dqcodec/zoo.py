@@ -110,13 +110,44 @@ def _float_state(stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_model(model: DQCodec, path: Path, precision: str = "fp16") -> None:
+def save_model(model: DQCodec, path: Path, precision: str = "fp16", calibration: dict | None = None) -> None:
     """Weights only; fp16 and int8 (per-channel, convolution weights only) are cast back to
-    fp32 on load."""
+    fp32 on load. The integer prior's calibration goes into the metadata (default: calibrated
+    on synthesized codes now), so every machine derives the same integer prior."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}")
-    meta = {"format": "dqcodec", "config": model.config.to_json(), "precision": precision}
+    if calibration is None:
+        from .calibration import calibrate_synthesized
+
+        calibration = calibrate_synthesized(model)
+    meta = {"format": "dqcodec", "config": model.config.to_json(), "precision": precision,
+            "calibration": json.dumps(calibration, sort_keys=True)}
     save_file(_stored_tensors(model, precision), str(path), metadata=meta)
+
+
+CALIBRATION_SUFFIX = ".calibration.json"
+
+
+def calibration_path(weights: Path) -> Path:
+    """Where a model file's calibration lives when its metadata has none (the shipped models)."""
+    return Path(weights).with_suffix(CALIBRATION_SUFFIX)
+
+
+def read_calibration(path: Path) -> dict | None:
+    """The integer prior's calibration of a model file: from its metadata, else from the
+    file beside it; None when it has neither."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            text = (f.metadata() or {}).get("calibration")
+        if text is None and calibration_path(path).is_file():
+            text = calibration_path(path).read_text()
+        calibration = None if text is None else json.loads(text)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{path}: unreadable calibration ({exc})") from None
+    if calibration is not None and not isinstance(calibration.get("points"), dict):
+        raise ModelError(f"{path}: calibration has no rate points")
+    return calibration
 
 
 def read_model_file(path: Path) -> DQCodec:

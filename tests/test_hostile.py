@@ -197,8 +197,8 @@ def test_wrong_magic(codec, sample):
 
 
 def test_wrong_version(codec, sample):
-    with pytest.raises(DQError, match=r"unsupported \.dq format version 2 \(this build reads 1\)"):
-        codec.decode(with_fields(sample, version=2))
+    with pytest.raises(DQError, match=r"unsupported \.dq format version 3 \(this build reads 1, 2\)"):
+        codec.decode(with_fields(sample, version=3))
     data = bytearray(sample.data)
     data[4] = 0  # version 0 without fixing the CRC: the version is what gets reported
     with pytest.raises(DQError, match="unsupported .dq format version 0"):

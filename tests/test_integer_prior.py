@@ -1,0 +1,219 @@
+"""The integer prior: exact arithmetic, an independent reimplementation, portable files."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dqcodec.calibration import calibrate_synthesized
+from dqcodec.codec import Codec, load_codec
+from dqcodec.container import DQFile
+from dqcodec.errors import DQError
+from dqcodec.fixed_point import Format, erf64, exp64, int_conv, plane_values, planes
+from dqcodec.integer_prior import EXP_TABLE, UNIFORM8, derive, frequency_table
+from dqcodec.model import _integer_level, pad_to_stride
+from dqcodec.image_io import to_tensor
+from dqcodec.testing import TINY, photo, tiny_model, tiny_variable_rate_model
+
+from integer_reference import frequencies, model_tables
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "samples" / "bsds500-test_100007.jpg"
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def test_elementary_functions_are_accurate():
+    x = np.linspace(-30, 30, 2001)
+    assert np.allclose(exp64(x), np.array([math.exp(v) for v in x]), rtol=1e-14, atol=0)
+    assert np.abs(erf64(x / 5) - np.array([math.erf(v / 5) for v in x])).max() < 2e-7
+
+
+def test_tables_are_pinned():
+    """The tables are derived with correctly rounded float64 operations only: every machine
+    must get these bytes (a different digest means files would not decode across machines)."""
+    assert hashlib.sha256(EXP_TABLE.numpy().tobytes()).hexdigest()[:16] == "8f0ebd7fa7c6b860"
+
+
+@pytest.mark.parametrize("dtype,low,high", [(torch.int8, -128, 127), (torch.int16, -16383, 16383)])
+def test_planes_rebuild_the_values(dtype, low, high):
+    x = torch.randint(low, high + 1, (1000,), dtype=dtype)
+    rebuilt = sum(p.to(torch.int64) << offset for p, offset in planes(x))
+    assert torch.equal(rebuilt, x.to(torch.int64))
+    for value in (low, 0, 7, high):
+        parts = plane_values(x, value)
+        assert sum(p << offset for p, (_, offset) in zip(parts, planes(x))) == value
+
+
+@pytest.mark.parametrize("transposed,kernel,bits", [(False, 3, 8), (False, 5, 12), (True, 3, 8), (False, 1, 15)])
+def test_integer_convolution_is_exact(transposed, kernel, bits):
+    """Against float64 convolution of the same integers (exact: every sum < 2^53)."""
+    torch.manual_seed(0)
+    cin, cout = 6, 5
+    shape = (cin, cout, kernel, kernel) if transposed else (cout, cin, kernel, kernel)
+    weight = np.random.default_rng(0).normal(size=shape)
+    source = Format(0.1, 3, -100, 100) if bits == 8 else Format(0.1, 0, -(1 << (bits - 1)) + 1, (1 << (bits - 1)) - 1)
+    out = Format(1.0, 0, -(1 << 40), 1 << 40)
+    conv = int_conv(weight, None, source, None, np.full(cout, 1.0), out, bits, transposed=transposed)
+    x = torch.randint(source.low, source.high + 1, (1, 7, 9, cin), dtype=torch.int8 if bits == 8 else torch.int16)
+    acc = conv.accumulate(x, source.zero)
+    w = sum(p.to(torch.float64) * 2.0**o for p, o in conv.weights)  # (k*k*cin, cout)
+    w = w.reshape(kernel, kernel, cin, cout).permute(3, 2, 0, 1)
+    real = (x.to(torch.float64) - source.zero).permute(0, 3, 1, 2)
+    if transposed:  # the conv over zero-spread input equals a transposed conv with flipped weights
+        ref = F.conv_transpose2d(real, w.flip(2, 3).transpose(0, 1), stride=2, padding=kernel // 2,
+                                 output_padding=1)
+    else:
+        ref = F.conv2d(real, w, padding=kernel // 2)
+    zero_sum = source.zero * w.sum((1, 2, 3))  # the padding holds `zero`: its taps' share
+    assert torch.equal(acc.to(torch.float64) - zero_sum, ref.permute(0, 2, 3, 1))
+
+
+def test_frequency_tables_fill_the_coder_exactly():
+    torch.manual_seed(0)
+    logits = torch.randint(-40000, 2000, (50, 64)).double()
+    logits[0] = 0  # ties
+    table = frequency_table(logits)
+    assert torch.equal(table.sum(-1), torch.full((50,), float((1 << 24) - 64)))
+    assert bool((table >= 0).all()) and torch.equal(table, table.floor())
+    ref = frequencies(logits.long().numpy(), EXP_TABLE.numpy().astype(np.int64))
+    assert np.array_equal(table.long().numpy(), ref)
+
+
+def _real_crops():
+    image = Image.open(SAMPLE).convert("RGB")
+    return [image.crop((0, 0, 192, 128)), image.crop((200, 120, 456, 312))]
+
+
+def _check_against_reference(model, integer, point: int, image, rate_weight=None) -> None:
+    points = model._points(1, point, None)
+    x = pad_to_stride(to_tensor(image), model.config.top_stride)
+    out = model.compress(x, rate_weight, point, integer=integer)
+    top, bottom = out["indices"]["top"], out["indices"]["bottom"]
+    seen = []
+
+    def record(p, groups, logits, rows, mask, table, known=None):
+        seen.append(table[0].long().numpy())
+        return known[:, groups, rows][:, :, mask]
+
+    ones = torch.ones(1, 1, *top.shape[-2:])
+    model.top._run_passes(ones, points, lambda *a: record(*a, known=top),
+                          integer=_integer_level(integer, True, ones, None))
+    cond = model.condition_from_top(model.top.quantizer.lookup(top), points)
+    model.bottom._run_passes(cond, points, lambda *a: record(*a, known=bottom),
+                             integer=_integer_level(integer, False, cond, {"indices": top}))
+    expected = model_tables(integer, top[0].numpy(), bottom[0].numpy(), EXP_TABLE.numpy().astype(np.int64))
+    assert len(seen) == len(expected)
+    for got, want in zip(seen, expected):
+        assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("level", [1, 5, 9])
+def test_numpy_reference_gives_the_same_tables(level):
+    """An independent NumPy int64 implementation reproduces every pass's frequency table."""
+    codec = load_codec(level)
+    for image in _real_crops()[: 1 if level != 5 else 2]:
+        _check_against_reference(codec.model, codec.integer_model(codec.rate_point), codec.rate_point,
+                                 image, codec.rate_weight)
+
+
+def test_numpy_reference_with_free_logits():
+    model = tiny_model(0, dataclasses.replace(TINY, prior_free_logits=True))
+    with torch.no_grad():
+        for level in (model.top, model.bottom):
+            for context in level.prior.contexts:
+                context.free[1].weight.normal_(0, 0.3)
+    integer = derive(model, 0, calibrate_synthesized(model, samples=2))
+    _check_against_reference(model, integer, 0, photo(200, 140))
+
+
+def test_variable_rate_tiny_model_round_trips():
+    model = tiny_variable_rate_model()
+    codec = Codec(model, rate_point=1, calibration=calibrate_synthesized(model, samples=2))
+    data = codec.encode(photo(150, 100))
+    assert DQFile.from_bytes(data).version == 2
+    assert codec.decode(data).size == (150, 100)
+
+
+def test_file_names_the_integer_prior():
+    """Another calibration is another integer prior: its files are refused, never misread."""
+    model = tiny_model()
+    a = Codec(model, calibration=calibrate_synthesized(model, samples=2, seed=0))
+    b = Codec(model, calibration=calibrate_synthesized(model, samples=2, seed=1))
+    assert a.model_id != b.model_id and a.float_model_id == b.float_model_id
+    with pytest.raises(DQError, match="encoded with model"):
+        b.decode(a.encode(photo(64, 64)))
+
+
+def test_policy_bit_widths_change_the_integer_weights():
+    model = tiny_model()
+    calibration = calibrate_synthesized(model, samples=2)
+    wide, narrow = derive(model, 0, calibration), derive(model, 0, calibration, UNIFORM8)
+    assert wide.weight_bits > narrow.weight_bits
+
+
+@pytest.mark.parametrize("quality", [1, 5])
+def test_files_from_release_0_1_0_decode(quality):
+    """Format version 1 (the float prior) still decodes, to the pixels 0.1.0 decoded."""
+    data = (DATA / f"release-0.1.0-q{quality}.dq").read_bytes()
+    assert DQFile.from_bytes(data).version == 1
+    decoded = load_codec(quality).decode(data)
+    expected = Image.open(DATA / f"release-0.1.0-q{quality}.png")
+    assert np.array_equal(np.asarray(decoded), np.asarray(expected))
+
+
+def _decode_env(**env) -> dict:
+    full = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+                                                             "MKL_ENABLE_INSTRUCTIONS")}
+    full.update(env)
+    return full
+
+
+CHILD = """
+import sys, numpy as np, torch
+from dqcodec.codec import codec_for_file
+data = open(sys.argv[1], 'rb').read()
+for threads in (1, 2):
+    torch.set_num_threads(threads)
+    image = codec_for_file(data).decode(data)  # the index CRC checks every index
+    np.save(sys.argv[2] + f'.{threads}.npy', np.asarray(image))
+"""
+
+
+def _capabilities() -> list[dict]:
+    envs = [{}, {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
+                 "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}]
+    if "avx2" in torch.backends.cpu.get_cpu_capability().lower() or "avx512" in \
+            torch.backends.cpu.get_cpu_capability().lower():
+        envs.append({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                     "MKL_ENABLE_INSTRUCTIONS": "AVX2"})
+    return envs
+
+
+@pytest.mark.parametrize("level", [1, 9])
+def test_files_decode_under_other_kernels_and_thread_counts(tmp_path, level):
+    """Encoded here, decoded in processes that run other vector kernels, with oneDNN and MKL
+    capped and with 1 and 2 threads: every decode succeeds (same indices, by the file's index
+    CRC) and pixels agree within 2 grey levels."""
+    image = _real_crops()[1]
+    codec = load_codec(level)
+    data = codec.encode(image, effort=0)
+    here = np.asarray(codec.decode(data)).astype(int)
+    (tmp_path / "x.dq").write_bytes(data)
+    for i, env in enumerate(_capabilities()):
+        result = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "x.dq"), str(tmp_path / f"out{i}")],
+                                env=_decode_env(**env), capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, (env, result.stderr[-2000:])
+        for threads in (1, 2):
+            there = np.load(tmp_path / f"out{i}.{threads}.npy").astype(int)
+            assert np.abs(there - here).max() <= 2, (env, threads)
