@@ -11,12 +11,13 @@ from pathlib import Path
 import click
 
 import dqcodec
-from dqcodec.codec import DEFAULT_MAX_PIXELS, codec_for_file, load_codec
 from dqcodec.container import DQFile
 from dqcodec.errors import DQError
 from dqcodec.fileio import check_output, write_atomic, write_bytes_atomic
-from dqcodec.image_io import open_image, save_format
-from dqcodec.refinement import DEFAULT_EFFORT, EFFORTS
+from dqcodec.options import DEFAULT_EFFORT, DEFAULT_MAX_PIXELS, EFFORT_LEVELS, default_quality, quality_levels
+from dqcodec.runtime import THREADS_ENV, use_threads
+
+# Commands import torch and the codec when they run, so --help, --version and info start fast.
 
 
 def user_errors(command):
@@ -81,25 +82,41 @@ def run_batch(inputs, outputs, work) -> None:
         raise DQError(f"{failed} of {len(inputs)} files failed")
 
 
-EFFORT_OPTION = dict(type=click.IntRange(0, len(EFFORTS) - 1), default=DEFAULT_EFFORT, show_default=True,
+EFFORT_OPTION = dict(type=click.IntRange(0, EFFORT_LEVELS - 1), default=DEFAULT_EFFORT, show_default=True,
                      help="Encoder search: 0 codes the analysis transform's answer (fastest, under "
                      "half the encoding time of 1); 1 refines it by one gradient step (about 6-7% "
                      "fewer bits for the quality); 2 by three (about 8-9%, twice the time of 1). "
                      "Decoding is the same.")
 
 
+def quality_option(help_text: str, default: bool = True) -> dict:
+    """-q's range and default, from the shipped models."""
+    levels = quality_levels() or [1]
+    chosen = default_quality() if default else None
+    return dict(type=click.IntRange(levels[0], levels[-1]), default=chosen, show_default=default,
+                help=help_text)
+
+
 @click.group()
 @click.version_option(dqcodec.__version__, prog_name="dqcodec")
-def main():
+@click.option("--threads", type=click.IntRange(min=1), envvar=THREADS_ENV, show_envvar=True,
+              help="Threads for the networks [default: the cores this process may use]. Files decode "
+              "the same with any count.")
+def main(threads):
     """dqcodec: a learned image codec built on Depthwise Quantization."""
+
+
+def configure_threads() -> None:
+    use_threads(click.get_current_context().find_root().params.get("threads"))
 
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output .dq file.")
 @click.option("-d", "--outdir", type=click.Path(path_type=Path), help="Output folder for several inputs.")
-@click.option("-q", "--quality", type=int, help="Quality level of a shipped model.")
-@click.option("--model", type=click.Path(path_type=Path), help="A model file (.safetensors).")
+@click.option("-q", "--quality", **quality_option("Quality level of the shipped models: 1 gives the "
+                                                   "smallest files, 9 the best images."))
+@click.option("--model", type=click.Path(path_type=Path), help="A model file (.safetensors), instead of -q.")
 @click.option("--rate-point", type=int, help="With --model: the rate point of a variable-rate model "
               "(0 = lowest rate) [default: its highest].")
 @click.option("-e", "--effort", **EFFORT_OPTION)
@@ -107,7 +124,11 @@ def main():
 @user_errors
 def encode(inputs, output, outdir, quality, model, rate_point, effort, force):
     """Compress images to .dq files."""
-    codec = load_codec(quality, model, model_rate_point(model, rate_point))
+    from dqcodec.codec import load_codec
+    from dqcodec.image_io import open_image
+
+    configure_threads()
+    codec = load_codec(None if model is not None else quality, model, model_rate_point(model, rate_point))
     outputs = output_paths(inputs, output, outdir, ".dq")
 
     def work(src: Path, dst: Path) -> None:
@@ -132,6 +153,10 @@ def encode(inputs, output, outdir, quality, model, rate_point, effort, force):
 @user_errors
 def decode(inputs, output, outdir, model, force, max_pixels):
     """Decompress .dq files to images."""
+    from dqcodec.codec import codec_for_file
+    from dqcodec.image_io import save_format
+
+    configure_threads()
     outputs = output_paths(inputs, output, outdir, ".png")
 
     def work(src: Path, dst: Path) -> None:
@@ -164,7 +189,8 @@ def info(input):
 @main.command(name="eval")
 @click.option("--dataset", default="kodak", show_default=True, help="Named dataset (kodak).")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Evaluate this folder of images instead of downloading.")
-@click.option("-q", "--quality", type=int, help="One quality level (default: every shipped level).")
+@click.option("-q", "--quality", **quality_option("One quality level [default: every shipped level].",
+                                                   default=False))
 @click.option("--model", type=click.Path(path_type=Path), help="A model file (.safetensors).")
 @click.option("--rate-point", type=int, help="With --model: one rate point of a variable-rate model "
               "[default: every one].")
@@ -181,6 +207,7 @@ def eval_(dataset, data_dir, quality, model, rate_point, compare, published, pub
           json_path, effort, verbose, progress):
     """Rate-distortion of dqcodec (and other codecs) on a dataset, from real bitstreams."""
     from dqcodec import baselines, evaluation, rd
+    from dqcodec.codec import load_codec
     from dqcodec.datasets import resolve_dataset
     from dqcodec.zoo import shipped_models
 

@@ -1,13 +1,29 @@
-"""dqcodec: a learned image codec built on Depthwise Quantization."""
+"""dqcodec: a learned image codec built on Depthwise Quantization.
+
+Importing the package loads neither torch nor the models: `encode`, `decode` and
+`load_model` load them on first use."""
 
 import warnings
 
-with warnings.catch_warnings():  # compressai uses torch.jit.script, deprecated in torch 2.14
-    warnings.simplefilter("ignore", FutureWarning)
-    import compressai  # noqa: F401
+from .runtime import prepare_environment
 
-from .api import decode, encode, load_model
-from .errors import DQError
+prepare_environment()  # before torch loads its OpenMP runtime
+# compressai's layers use torch.jit.script, which torch 2.14 deprecates
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+
+from .errors import DQError  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["encode", "decode", "load_model", "DQError", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in ("encode", "decode", "load_model"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'dqcodec' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -17,10 +17,10 @@ from .errors import DQError
 from .image_io import open_image, split_alpha, to_image, to_tensor
 from .integer_prior import DEFAULT_POLICY, IntegerModel, Policy, derive, integer_id
 from .model import DQCodec, pad_to_stride
+from .options import DEFAULT_MAX_PIXELS
 from .refinement import DEFAULT_EFFORT, encoder_features
 from . import zoo
 
-DEFAULT_MAX_PIXELS = 1 << 26  # 67 MP; raise with max_pixels / --max-pixels
 
 # Files of format version 1 were coded with the float prior, whose results depend on the
 # thread count: they decode with the thread count that encoded them.

@@ -29,6 +29,7 @@ from torch import Tensor
 from .errors import DQError
 from .hardware import bf16_supported
 from .model import DQCodec
+from .options import DEFAULT_EFFORT, EFFORT_LEVELS  # noqa: F401  (DEFAULT_EFFORT re-exported)
 from .tiling import tile_spans
 
 
@@ -44,7 +45,7 @@ class Search(NamedTuple):
 EFFORTS = (Search(0, 0.0), Search(1, 0.12), Search(3, 0.05))
 # The default encoder must stay within the Kodak speed targets of docs/performance.md (at most
 # 0.5 s and 1.5x the hyperprior's encoding time); one step fits since session 13.
-DEFAULT_EFFORT = 1
+assert len(EFFORTS) == EFFORT_LEVELS
 WINDOW = 48  # features (768 px) per window side: bounds the memory of the backward pass
 MARGIN = 4  # features of context around each window (one top-level position)
 

@@ -15,8 +15,9 @@ from safetensors.torch import load_file, safe_open, save_file
 from .config import ModelConfig
 from .errors import DQError
 from .model import DQCodec
+from .options import WEIGHTS_PACKAGE, manifest
+from . import options
 
-WEIGHTS_PACKAGE = "dqcodec.weights"  # the repository's models/ folder, installed in the package
 
 
 class ModelError(DQError):
@@ -35,16 +36,10 @@ class Level:
     search_scale: float = 1.0  # multiplies the encoder search's step size (refinement.py)
 
 
-def _manifest() -> dict:
-    """models/zoo.json, or {} when no model is installed."""
-    manifest = resources.files(WEIGHTS_PACKAGE) / "zoo.json"
-    return json.loads(manifest.read_text()) if manifest.is_file() else {}
-
-
 def shipped_models() -> dict[int, Level]:
     """Quality level -> Level, from models/zoo.json."""
     folder = resources.files(WEIGHTS_PACKAGE)
-    levels = _manifest().get("levels", {})
+    levels = manifest().get("levels", {})
     return {int(q): Level(Path(str(folder / entry["weights"])), entry.get("rate_weight"),
                           entry.get("rate_point"), entry.get("search_scale", 1.0))
             for q, entry in sorted(levels.items(), key=lambda kv: int(kv[0]))}
@@ -52,10 +47,10 @@ def shipped_models() -> dict[int, Level]:
 
 def default_quality() -> int:
     """The level models/zoo.json names as default (the one its weights were trained for)."""
-    manifest = _manifest()
-    if "default" not in manifest:
+    quality = options.default_quality()
+    if quality is None:
         raise ModelError("no trained model is installed (models/zoo.json is missing)")
-    return int(manifest["default"])
+    return quality
 
 
 def model_id(model: DQCodec) -> bytes:

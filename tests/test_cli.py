@@ -296,3 +296,22 @@ def test_failing_write_leaves_no_output(tmp_path, model_file, monkeypatch):
     r = run("encode", src, "-o", tmp_path / "a.dq", "--model", model_file)
     assert r.exit_code != 0
     assert not (tmp_path / "a.dq").exists() and not list(tmp_path.glob(".a.dq.*"))
+
+
+def test_thread_count_gives_the_same_file(tmp_path, model_file):
+    src = tmp_path / "in.png"
+    photo(96, 80).save(src)
+    for threads in (1, 2):
+        assert run("--threads", threads, "encode", src, "-o", tmp_path / f"{threads}.dq", "--model",
+                   model_file).exit_code == 0
+    assert (tmp_path / "1.dq").read_bytes() == (tmp_path / "2.dq").read_bytes()
+    res = run_process("encode", src, "-o", tmp_path / "x.dq", "--model", model_file,
+                      env={"DQCODEC_THREADS": "0"})
+    assert res.returncode == 2 and "DQCODEC_THREADS" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "x.dq").exists()
+
+
+def test_quality_help_shows_range_and_default():
+    out = run("encode", "--help").output
+    assert "1<=x<=9" in out and "default: 5" in out
+    assert run("encode", "x.png", "-q", "75").exit_code == 2

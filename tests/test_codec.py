@@ -111,3 +111,33 @@ def test_training_rate_matches_coded_information(codec, monkeypatch):
         trained = codec.model(x)
     coded = codec.model.compress(x)
     assert float(sum(trained["bits"].values())) == pytest.approx(coded["information_bits"], rel=1e-4)
+
+
+def test_api_decode_takes_bytes_paths_and_binary_files(tmp_path):
+    import io
+
+    import dqcodec
+
+    data = dqcodec.encode(photo(64, 48))
+    path = tmp_path / "a.dq"
+    path.write_bytes(data)
+    expected = np.asarray(dqcodec.decode(data))
+    for source in (path, str(path), io.BytesIO(data), bytearray(data)):
+        assert np.array_equal(np.asarray(dqcodec.decode(source)), expected)
+    with open(path, encoding="latin-1") as text:
+        with pytest.raises(TypeError, match="binary mode"):
+            dqcodec.decode(text)
+    with pytest.raises(TypeError, match="use dqcodec.decode"):
+        dqcodec.encode(data)
+    with pytest.raises(TypeError, match="not int"):
+        dqcodec.decode(3)
+
+
+def test_package_exposes_only_its_api_and_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, dqcodec; print(sorted(dqcodec.__all__) == sorted(dir(dqcodec)), "
+            "'torch' in sys.modules, 'compressai' in dir(dqcodec))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False", "False"]
