@@ -6,9 +6,9 @@ float prior, with real files on a folder of photos (levels of the shipped zoo).
         [--photos ../shared/data/train] [--json results/integer_prior_kodak.json]
 
 Prints, per configuration, the BD-rate against the float prior (format version 1, measured
-in the same run), the integer weights' size at the policy's bit widths, and the mean decode
-time relative to the float prior's. Photo calibration uses centre crops of the training
-split (never the evaluation photos).
+in the same run) and the integer weights' size at the policy's bit widths, packed (decode
+times: benchmarks/speed.py). Photo calibration uses centre crops of the training split
+(never the evaluation photos).
 """
 
 from __future__ import annotations
@@ -86,28 +86,25 @@ def main(data_dir, levels, effort, policies, calibrations, photos, photo_count, 
     configs = [("float", "-")] + [(p, c) for p in policies.split(",") for c in calibrations.split(",")]
     rows = {}
     for policy, source in configs:
-        points, decode_s, bits = [], [], {}
+        points, bits = [], {}
         for level in parse_levels(levels):
             codec = codec_for(level, policy, source, cache)
             results = evaluate(codec, images, progress=False, effort=effort)
             points.append({"level": level, **summarize(results)})
-            decode_s.append(points[-1]["decode_s"])
             if policy != "float":  # per weights file: levels 4-9 share one
                 bits[shipped_models()[level].weights] = codec.integer_model(codec.rate_point).weight_bits
-        rows[f"{policy}/{source}"] = {"points": points, "decode_s": sum(decode_s) / len(decode_s),
-                                      "weight_bytes": sum(bits.values()) // 8}
+        rows[f"{policy}/{source}"] = {"points": points, "weight_bytes": sum(bits.values()) // 8}
         click.echo(f"{policy}/{source}: done", err=True)
     reference = rows["float/-"]
     curve = lambda row: [(p["bpp"], p["psnr"]) for p in row["points"]]  # noqa: E731
     click.echo(f"{len(images)} images from {data_dir}, levels {levels}, effort {effort}")
-    click.echo("| policy | calibration | BD-rate vs float prior | integer weights | decode time vs float |")
-    click.echo("|---|---|---|---|---|")
+    click.echo("| policy | calibration | BD-rate vs float prior | integer weights |")
+    click.echo("|---|---|---|---|")
     for name, row in rows.items():
         policy, source = name.split("/")
         bd = bd_rate(curve(reference), curve(row))
         size = f"{row['weight_bytes'] / 1e6:.2f} MB" if row["weight_bytes"] else "-"
-        click.echo(f"| {policy} | {source} | {bd:+.2f} % | {size} | "
-                   f"{row['decode_s'] / reference['decode_s']:.2f}x |")
+        click.echo(f"| {policy} | {source} | {bd:+.2f} % | {size} |")
         row["bd_rate_vs_float"] = bd
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -385,6 +385,26 @@ def time_codecs(names: list, image, runs: int, rounds: int, model_path: str | No
     return samples
 
 
+def _spin() -> None:
+    while True:
+        pass
+
+
+@contextlib.contextmanager
+def busy_core(enabled: bool):
+    """With enabled, another process keeps one core busy (a spinning loop) meanwhile."""
+    if not enabled:
+        yield
+        return
+    spinner = mp.get_context("spawn").Process(target=_spin, daemon=True)
+    spinner.start()
+    try:
+        yield
+    finally:
+        spinner.terminate()
+        spinner.join()
+
+
 def fmt(value, spec=".3f"):
     return "n/a" if value is None else format(value, spec)
 
@@ -414,7 +434,11 @@ def main(argv=None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
     parser.add_argument("--effort", type=int, default=DEFAULT_EFFORT,
                         help=f"dqcodec's encoder search level (default {DEFAULT_EFFORT}, as `dqcodec encode`)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: as dqcodec chooses, the cores this process may use)")
+    parser.add_argument("--busy", action="store_true",
+                        help="time every codec twice: on the idle machine, then with one core kept busy "
+                        "by another process (a spinning loop), and print busy/idle")
     parser.add_argument("--json", help="save the results to this file")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.rounds < 1:
@@ -425,6 +449,9 @@ def main(argv=None) -> int:
 
     import torch
 
+    from dqcodec.runtime import thread_count
+
+    args.threads = thread_count(args.threads)
     torch.set_num_threads(args.threads)
     images = load_images(args)
     large_names = {images[-1][0]} if args.large else set()
@@ -440,12 +467,22 @@ def main(argv=None) -> int:
             print(f"mbt2018 on {image_name}: skipped (--skip-slow)")
         print(f"{', '.join(timed)} on {image_name} ({image.width}x{image.height}), "
               f"{args.rounds} round(s) ...", flush=True)
-        for name, samples in time_codecs(timed, image, args.runs, args.rounds, args.model, args.threads,
-                                         args.effort).items():
+        loads = ("idle", "busy") if args.busy else ("idle",)
+        timings = []
+        for load in loads:
+            with busy_core(load == "busy"):
+                timings += [(load, name, samples) for name, samples in time_codecs(
+                    timed, image, args.runs, args.rounds, args.model, args.threads, args.effort).items()]
+        for load, name, samples in timings:
             if name not in labels:
                 labels[name] = samples.label
                 print(f"  {name}: {samples.label}")
             row = summary(image, samples)
+            row["load"] = load
+            if load == "busy":
+                row.update(codec=name, image=image_name, width=image.width, height=image.height)
+                rows.append(row)
+                continue
             payload = row.pop("payload")
             if not args.no_memory:
                 row["memory_encode"] = peak_memory("encode", name, args.model, args.threads, image,
@@ -465,12 +502,22 @@ def main(argv=None) -> int:
     print(header)
     print("-" * len(header))
     for r in rows:
+        if r["load"] == "busy":
+            continue
         print(f"{r['codec']:<11} {r['image'][:34]:<34} {r['bpp']:>6.3f} {r['encode_s']:>9.3f} "
               f"{r['decode_s']:>9.3f} {fmt(mem(r, 'encode'), '.0f'):>11} "
               f"{fmt(mem(r, 'decode'), '.0f'):>11} {fmt(mem(r, 'decode', 'base_mb'), '.0f'):>8}")
 
     ratios = []
-    by_key = {(r["codec"], r["image"]): r for r in rows}
+    by_key = {(r["codec"], r["image"]): r for r in rows if r["load"] == "idle"}
+    busy = [r for r in rows if r["load"] == "busy"]
+    if busy:
+        print(f"\nwith one core kept busy by another process ({args.threads} threads):")
+        for r in busy:
+            idle = by_key[(r["codec"], r["image"])]
+            print(f"  {r['codec']:<14} {r['image'][:30]:<30} encode {r['encode_s']:.3f} s "
+                  f"({r['encode_s'] / idle['encode_s']:.2f}x idle), decode {r['decode_s']:.3f} s "
+                  f"({r['decode_s'] / idle['decode_s']:.2f}x idle)")
     for image_name, _ in images:
         dq = by_key.get(("dqcodec", image_name))
         if dq is None:
@@ -495,7 +542,7 @@ def main(argv=None) -> int:
                   f"{fmt(q['decode'], '.2f'):>7} {fmt(q['peak_encode'], '.2f'):>9} "
                   f"{fmt(q['peak_decode'], '.2f'):>9}")
 
-    for r in rows:
+    for r in (r for r in rows if r["load"] == "idle"):
         if "range_coder" in r and r["codec"] == "dqcodec":
             c = r["range_coder"]
             print(f"\ndqcodec range coder on {r['image']}: encode {c['encode_share']:.1%} of the time "
