@@ -46,40 +46,66 @@ def model_rate_point(model: Path | None, rate_point: int | None) -> int | None:
     return rate_point
 
 
+STDIO = Path("-")  # stdin as an input, stdout as an output
+
+
 def read_bytes(path: Path) -> bytes:
+    if path == STDIO:
+        return sys.stdin.buffer.read()
     if not path.is_file():
         raise DQError(f"no such file: {path}")
     return path.read_bytes()
+
+
+def to_stdout(write) -> None:
+    """write(binary stream) to stdout (output_paths has refused a terminal)."""
+    write(sys.stdout.buffer)
+    sys.stdout.buffer.flush()
 
 
 def output_paths(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
                  suffix: str) -> list[Path]:
     if output is not None and outdir is not None:
         raise DQError("use either -o or -d, not both")
+    if STDIO in inputs and (len(inputs) > 1 or output is None):
+        raise DQError("reading from stdin (-) takes a single input and -o (a file, or - for stdout)")
     if output is not None:
         if len(inputs) != 1:
             raise DQError("-o takes a single input; use -d OUTDIR for several")
+        if output == STDIO and sys.stdout.isatty():
+            raise DQError("refusing to write binary data to a terminal: redirect it or pass -o FILE")
         return [output]
     if outdir is not None:
-        if not outdir.is_dir():
-            raise DQError(f"output folder does not exist: {outdir}")
+        if outdir.exists() and not outdir.is_dir():
+            raise DQError(f"output folder is a file: {outdir}")
+        outdir.mkdir(parents=True, exist_ok=True)
         return [outdir / (p.stem + suffix) for p in inputs]
     return [p.with_suffix(suffix) for p in inputs]
 
 
 def run_batch(inputs, outputs, work) -> None:
-    """Process every file; report failures as they happen and fail at the end."""
+    """Process every file; report failures as they happen and fail at the end. Several files
+    show a progress bar on a terminal (stderr)."""
+    from tqdm import tqdm
+
     failed = 0
-    for src, dst in zip(inputs, outputs):
+    pairs = list(zip(inputs, outputs))
+    bar = tqdm(pairs, unit="file", file=sys.stderr, disable=len(pairs) < 2 or not sys.stderr.isatty())
+    for src, dst in bar:
         try:
             work(src, dst)
         except DQError as exc:
             if len(inputs) == 1:
                 raise
             failed += 1
-            click.echo(f"error: {src}: {exc}", err=True)
+            bar.write(f"error: {src}: {exc}", file=sys.stderr)
     if failed:
         raise DQError(f"{failed} of {len(inputs)} files failed")
+
+
+def status(message: str) -> None:
+    """Status lines go to stderr: stdout may carry a file."""
+    click.echo(message, err=True)
 
 
 EFFORT_OPTION = dict(type=click.IntRange(0, EFFORT_LEVELS - 1), default=DEFAULT_EFFORT, show_default=True,
@@ -112,8 +138,9 @@ def configure_threads() -> None:
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output .dq file.")
-@click.option("-d", "--outdir", type=click.Path(path_type=Path), help="Output folder for several inputs.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output .dq file; - for stdout.")
+@click.option("-d", "--outdir", type=click.Path(path_type=Path), help="Output folder for several inputs "
+              "(created if missing).")
 @click.option("-q", "--quality", **quality_option("Quality level of the shipped models: 1 gives the "
                                                    "smallest files, 9 the best images."))
 @click.option("--model", type=click.Path(path_type=Path), help="A model file (.safetensors), instead of -q.")
@@ -123,7 +150,8 @@ def configure_threads() -> None:
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
 @user_errors
 def encode(inputs, output, outdir, quality, model, rate_point, effort, force):
-    """Compress images to .dq files."""
+    """Compress images to .dq files. An input of - reads stdin. Exit status: 0 when every file
+    was written, 1 when one failed, 2 for a usage error."""
     from dqcodec.codec import load_codec
     from dqcodec.image_io import open_image
 
@@ -132,27 +160,34 @@ def encode(inputs, output, outdir, quality, model, rate_point, effort, force):
     outputs = output_paths(inputs, output, outdir, ".dq")
 
     def work(src: Path, dst: Path) -> None:
-        check_output(src, dst, force)
-        image = open_image(src)
+        if dst != STDIO:
+            check_output(src, dst, force)
+        image = open_image(src, read_bytes(src) if src == STDIO else None)
         data = codec.encode(image, effort)
-        write_bytes_atomic(dst, data)
+        if dst == STDIO:
+            to_stdout(lambda out: out.write(data))
+        else:
+            write_bytes_atomic(dst, data)
         bpp = len(data) * 8 / (image.width * image.height)
-        click.echo(f"{src} -> {dst}: {image.width}x{image.height}, {len(data)} bytes, {bpp:.4f} bpp")
+        status(f"{src} -> {dst}: {image.width}x{image.height}, {len(data)} bytes, {bpp:.4f} bpp")
 
     run_batch(inputs, outputs, work)
 
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output image (format from extension).")
-@click.option("-d", "--outdir", type=click.Path(path_type=Path), help="Output folder (PNG) for several inputs.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output image (format from "
+              "extension); - for PNG on stdout.")
+@click.option("-d", "--outdir", type=click.Path(path_type=Path), help="Output folder (PNG) for several inputs "
+              "(created if missing).")
 @click.option("--model", type=click.Path(path_type=Path), help="The model file the images were encoded with.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse files that claim a larger image.")
 @user_errors
 def decode(inputs, output, outdir, model, force, max_pixels):
-    """Decompress .dq files to images."""
+    """Decompress .dq files to images. An input of - reads stdin. Exit status: 0 when every
+    file was written, 1 when one failed, 2 for a usage error."""
     from dqcodec.codec import codec_for_file
     from dqcodec.image_io import save_format
 
@@ -160,12 +195,16 @@ def decode(inputs, output, outdir, model, force, max_pixels):
     outputs = output_paths(inputs, output, outdir, ".png")
 
     def work(src: Path, dst: Path) -> None:
-        check_output(src, dst, force)
-        fmt = save_format(dst)
+        if dst != STDIO:
+            check_output(src, dst, force)
+        fmt = "PNG" if dst == STDIO else save_format(dst)
         data = read_bytes(src)
         image = codec_for_file(data, model).decode(data, max_pixels=max_pixels)
-        write_atomic(dst, lambda tmp: image.save(tmp, format=fmt))
-        click.echo(f"{src} -> {dst}: {image.width}x{image.height} {image.mode}")
+        if dst == STDIO:
+            to_stdout(lambda out: image.save(out, format=fmt))
+        else:
+            write_atomic(dst, lambda tmp: image.save(tmp, format=fmt))
+        status(f"{src} -> {dst}: {image.width}x{image.height} {image.mode}")
 
     run_batch(inputs, outputs, work)
 

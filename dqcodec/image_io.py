@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +31,14 @@ class ImageError(DQError):
     pass
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Read an image fully, with its EXIF orientation applied."""
+def open_image(path: str | Path, data: bytes | None = None) -> Image.Image:
+    """Read an image fully, with its EXIF orientation applied: the file at `path`, or `data`
+    (the bytes of an image file; `path` then only names it in errors)."""
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise ImageError(f"no such file: {path}")
     try:
-        with Image.open(path) as im:
+        with Image.open(path if data is None else io.BytesIO(data)) as im:
             im.load()
             return ImageOps.exif_transpose(im)
     except Image.DecompressionBombError as exc:

@@ -1,3 +1,4 @@
+import io
 import json
 import os
 import re
@@ -315,3 +316,32 @@ def test_quality_help_shows_range_and_default():
     out = run("encode", "--help").output
     assert "1<=x<=9" in out and "default: 5" in out
     assert run("encode", "x.png", "-q", "75").exit_code == 2
+
+
+def test_pipes_give_the_same_file_and_pixels(tmp_path, model_file):
+    src = tmp_path / "in.png"
+    photo(96, 80).save(src)
+    assert run("encode", src, "-o", tmp_path / "a.dq", "--model", model_file).exit_code == 0
+    assert run("decode", tmp_path / "a.dq", "-o", tmp_path / "a.png", "--model", model_file).exit_code == 0
+    cmd = [sys.executable, "-m", "dqcodec.cli"]
+    encoded = subprocess.run([*cmd, "encode", "-", "-o", "-", "--model", str(model_file)],
+                             input=src.read_bytes(), capture_output=True, timeout=120)
+    assert encoded.returncode == 0 and encoded.stdout == (tmp_path / "a.dq").read_bytes()
+    assert b"bpp" in encoded.stderr  # status goes to stderr, never into the data
+    decoded = subprocess.run([*cmd, "decode", "-", "-o", "-", "--model", str(model_file)],
+                             input=encoded.stdout, capture_output=True, timeout=120)
+    assert decoded.returncode == 0
+    piped = np.asarray(Image.open(io.BytesIO(decoded.stdout)))
+    assert np.array_equal(piped, np.asarray(Image.open(tmp_path / "a.png")))
+
+
+def test_stdin_needs_an_output_and_batches_create_their_folder(tmp_path, model_file):
+    res = run_process("encode", "-", "--model", model_file)
+    assert_clean_failure(res)
+    assert "-o" in res.stderr
+    src = tmp_path / "in.png"
+    photo(64, 64).save(src)
+    assert run("encode", src, "-d", tmp_path / "new" / "out", "--model", model_file).exit_code == 0
+    assert (tmp_path / "new" / "out" / "in.dq").is_file()
+    # the second input would overwrite the first's output: that file fails, exit status 1
+    assert run("encode", src, src, "-d", tmp_path / "two", "--model", model_file).exit_code == 1
