@@ -12,6 +12,9 @@ prepare_environment()  # before torch loads its OpenMP runtime
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
 
 from .errors import DQError  # noqa: E402
+from .pillow_plugin import register as _register_pillow_plugin  # noqa: E402
+
+_register_pillow_plugin()  # Image.open("x.dq") and image.save("x.dq") work after import dqcodec
 
 __version__ = "0.1.0"
 __all__ = ["encode", "decode", "load_model", "DQError", "__version__"]
@@ -27,3 +30,6 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(__all__)
+
+
+del _register_pillow_plugin

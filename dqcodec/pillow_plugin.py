@@ -1,0 +1,72 @@
+"""A Pillow plugin for .dq files, registered by `import dqcodec`:
+
+    Image.open("photo.dq").load()                  # decodes with the model the file names
+    image.save("photo.dq", quality=5, effort=1)    # encodes with a shipped quality level
+
+Opening reads only the header (size and mode); the codec and torch load when the pixels are
+first needed. Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS) applies as for
+any format.
+"""
+
+from __future__ import annotations
+
+from PIL import Image, ImageFile
+
+from .container import HEADER_SIZE, MAGIC, DQFile, FormatError
+
+FORMAT = "DQ"
+
+
+def _accept(prefix: bytes) -> bool:
+    return prefix[: len(MAGIC)] == MAGIC
+
+
+class DQImageFile(ImageFile.ImageFile):
+    format = FORMAT
+    format_description = "dqcodec learned image"
+
+    def _open(self) -> None:
+        data = self.fp.read()
+        if len(data) < HEADER_SIZE or not _accept(data):
+            raise SyntaxError("not a .dq file")
+        try:
+            dq = DQFile.from_bytes(data)
+        except FormatError as exc:
+            raise SyntaxError(str(exc)) from None
+        self._size = (dq.width, dq.height)
+        self._mode = dq.mode
+        self.info["dq_version"] = dq.version
+        self.info["quality"] = dq.quality
+        self.tile = [("dq", (0, 0, dq.width, dq.height), 0, None)]
+
+
+class DQDecoder(ImageFile.PyDecoder):
+    _pulls_fd = True
+
+    def decode(self, buffer):
+        from .codec import codec_for_file
+
+        self.fd.seek(0)
+        data = self.fd.read()
+        limit = Image.MAX_IMAGE_PIXELS
+        max_pixels = 1 << 62 if limit is None else 2 * limit  # Pillow's own error threshold
+        image = codec_for_file(data).decode(data, max_pixels=max_pixels)
+        self.set_as_raw(image.tobytes())
+        return -1, 0
+
+
+def _save(image: Image.Image, fp, filename) -> None:
+    from .codec import load_codec
+    from .options import DEFAULT_EFFORT
+
+    quality = image.encoderinfo.get("quality")
+    effort = image.encoderinfo.get("effort", DEFAULT_EFFORT)
+    fp.write(load_codec(quality).encode(image, effort))
+
+
+def register() -> None:
+    Image.register_open(FORMAT, DQImageFile, _accept)
+    Image.register_save(FORMAT, _save)
+    Image.register_extension(FORMAT, ".dq")
+    Image.register_mime(FORMAT, "image/x-dq")
+    Image.register_decoder("dq", DQDecoder)
