@@ -174,7 +174,9 @@ def _child(queue, what: str, name: str, model_path: str | None, threads: int, ar
     try:
         import torch
 
-        torch.set_num_threads(threads)
+        from dqcodec.runtime import thread_count
+
+        torch.set_num_threads(thread_count(threads))  # as a dqcodec command would
         codec = make_codec(name, model_path, effort)
         base = _peak_mb()
         t0 = time.perf_counter()
@@ -352,7 +354,9 @@ def _timing_child(queue, name: str, model_path: str | None, threads: int, image,
     try:
         import torch
 
-        torch.set_num_threads(threads)
+        from dqcodec.runtime import thread_count
+
+        torch.set_num_threads(thread_count(threads))  # as a dqcodec command would
         codec = make_codec(name, model_path, effort)
         decoded = codec.decode(codec.encode(image))  # warm-up
         if decoded.size != image.size:
@@ -435,7 +439,7 @@ def main(argv=None) -> int:
     parser.add_argument("--effort", type=int, default=DEFAULT_EFFORT,
                         help=f"dqcodec's encoder search level (default {DEFAULT_EFFORT}, as `dqcodec encode`)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: as dqcodec chooses, the cores this process may use)")
+                        help="torch threads (default: as a dqcodec command chooses: the cores this process may use)")
     parser.add_argument("--busy", action="store_true",
                         help="time every codec twice: on the idle machine, then with one core kept busy "
                         "by another process (a spinning loop), and print busy/idle")
@@ -451,8 +455,7 @@ def main(argv=None) -> int:
 
     from dqcodec.runtime import thread_count
 
-    args.threads = thread_count(args.threads)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(thread_count(args.threads))  # each timing child chooses its own
     images = load_images(args)
     large_names = {images[-1][0]} if args.large else set()
 
@@ -479,11 +482,11 @@ def main(argv=None) -> int:
                 print(f"  {name}: {samples.label}")
             row = summary(image, samples)
             row["load"] = load
+            payload = row.pop("payload")
             if load == "busy":
                 row.update(codec=name, image=image_name, width=image.width, height=image.height)
                 rows.append(row)
                 continue
-            payload = row.pop("payload")
             if not args.no_memory:
                 row["memory_encode"] = peak_memory("encode", name, args.model, args.threads, image,
                                                     args.effort)
@@ -512,7 +515,7 @@ def main(argv=None) -> int:
     by_key = {(r["codec"], r["image"]): r for r in rows if r["load"] == "idle"}
     busy = [r for r in rows if r["load"] == "busy"]
     if busy:
-        print(f"\nwith one core kept busy by another process ({args.threads} threads):")
+        print("\nwith one core kept busy by another process:")
         for r in busy:
             idle = by_key[(r["codec"], r["image"])]
             print(f"  {r['codec']:<14} {r['image'][:30]:<30} encode {r['encode_s']:.3f} s "

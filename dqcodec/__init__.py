@@ -5,9 +5,6 @@ Importing the package loads neither torch nor the models: `encode`, `decode` and
 
 import warnings
 
-from .runtime import prepare_environment
-
-prepare_environment()  # before torch loads its OpenMP runtime
 # compressai's layers use torch.jit.script, which torch 2.14 deprecates
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
 

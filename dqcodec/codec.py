@@ -115,8 +115,13 @@ class Codec:
         x = pad_to_stride(to_tensor(rgb), self.stride)
         features = encoder_features(self.model, x, self.rate_point, effort, self.rate_weight,
                                     size=(rgb.height, rgb.width), step_scale=self.search_scale)
-        integer = None if self.policy is None else self.integer_model(self.rate_point)
-        out = self.model.compress(x, self.rate_weight, self.rate_point, features=features, integer=integer)
+        if self.policy is None:  # format version 1: the float prior, with the threads it decodes with
+            integer = None
+            with fixed_threads():
+                out = self.model.compress(x, self.rate_weight, self.rate_point, features=features)
+        else:
+            integer = self.integer_model(self.rate_point)
+            out = self.model.compress(x, self.rate_weight, self.rate_point, features=features, integer=integer)
         top, bottom = out["strings"]
         alpha_bytes = zlib.compress(alpha.tobytes(), 9) if alpha is not None else b""
         crc = index_checksum(out["indices"]["top"], out["indices"]["bottom"])
