@@ -14,19 +14,16 @@ times: benchmarks/speed.py). Photo calibration uses centre crops of the training
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import click
-import torch
 
-from dqcodec.calibration import calibrate_photos, calibrate_synthesized
+from dqcodec.calibration import calibrate_photos, calibrate_synthesized, training_photos
 from dqcodec.codec import Codec, load_codec
 from dqcodec.datasets import list_images
 from dqcodec.evaluation import evaluate, summarize
 from dqcodec.integer_prior import POLICIES
 from dqcodec.rd import bd_rate
-from dqcodec.training import split_train_val
 from dqcodec.zoo import read_calibration, shipped_models
 
 
@@ -78,11 +75,8 @@ def codec_for(level: int, policy: str, source: str, calibrations: Calibrations) 
 @click.option("--photo-count", type=int, default=12, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
 def main(data_dir, levels, effort, policies, calibrations, photos, photo_count, json_path) -> None:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     images = list_images(data_dir)
-    train, _ = split_train_val(list_images(photos), 16) if "photos" in calibrations else ([], [])
-    random.Random(0).shuffle(train)
-    cache = Calibrations(train[:photo_count])
+    cache = Calibrations(training_photos(photos, photo_count) if "photos" in calibrations else [])
     configs = [("float", "-")] + [(p, c) for p in policies.split(",") for c in calibrations.split(",")]
     rows = {}
     for policy, source in configs:

@@ -465,11 +465,7 @@ def export(checkpoint, output, force, precision):
 def calibrate(model, photos, count, output, force):
     """Measure the activation ranges the integer prior is derived from (JSON). A model file
     keeps them in its metadata, or beside it as NAME.calibration.json."""
-    import random
-
-    from dqcodec.calibration import calibrate_photos, calibrate_synthesized
-    from dqcodec.datasets import list_images
-    from dqcodec.training import split_train_val
+    from dqcodec.calibration import calibrate_photos, calibrate_synthesized, training_photos
     from dqcodec.zoo import read_model_file
 
     check_output(model, output, force)
@@ -477,8 +473,6 @@ def calibrate(model, photos, count, output, force):
     if photos is None:
         result = calibrate_synthesized(weights)
     else:
-        train, _ = split_train_val(list_images(photos), 16)
-        random.Random(0).shuffle(train)
-        result = calibrate_photos(weights, train[:count])
+        result = calibrate_photos(weights, training_photos(photos, count))
     write_atomic(output, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n"))
     click.echo(f"{model} -> {output}: {result['source']}")

@@ -28,9 +28,13 @@ _SAMPLE = 1 << 16  # values kept per site and call for the quantile
 
 
 class RangeRecorder:
-    """Forward hooks that keep, per site, max |x| (wide sites) or samples of x (int8 inputs)."""
+    """Forward hooks that keep, per site, max |x| (wide sites) or max x (int8 inputs, whose
+    values are also sampled when the statistic is the quantile)."""
 
-    def __init__(self):
+    def __init__(self, statistic: str):
+        if statistic not in STATISTICS:
+            raise ValueError(f"statistic must be one of {STATISTICS}")
+        self.statistic = statistic
         self.max_abs: dict[str, float] = {}
         self.samples: dict[str, list[Tensor]] = {}
         self.handles = []
@@ -47,17 +51,18 @@ class RangeRecorder:
 
     def activation(self, module, name: str) -> None:
         def record(m, inp, out: Tensor) -> None:
-            flat = out.detach().float().reshape(-1)
-            if flat.numel() > _SAMPLE:
-                flat = flat[torch.randint(0, flat.numel(), (_SAMPLE,), generator=self.generator)]
-            self.samples.setdefault(name, []).append(flat)
+            if self.statistic == "quantile":
+                flat = out.detach().float().reshape(-1)
+                if flat.numel() > _SAMPLE:
+                    flat = flat[torch.randint(0, flat.numel(), (_SAMPLE,), generator=self.generator)]
+                self.samples.setdefault(name, []).append(flat)
             self.max_abs[name] = max(self.max_abs.get(name, 0.0), float(out.detach().max()))
 
         self.handles.append(module.register_forward_hook(record))
 
-    def ranges(self, statistic: str) -> dict[str, float]:
+    def ranges(self) -> dict[str, float]:
         out = dict(self.max_abs)
-        if statistic == "quantile":
+        if self.statistic == "quantile":
             for name, parts in self.samples.items():
                 values = torch.cat(parts)
                 out[name] = float(torch.quantile(values, QUANTILE)) if values.numel() > 1 else out[name]
@@ -88,13 +93,21 @@ def _hook_prior(recorder: RangeRecorder, prior, prefix: str, conditioned: bool) 
             recorder.activation(context.free[0], f"{prefix}.s{s}.free.act")
 
 
-def _hooked(model: DQCodec) -> RangeRecorder:
-    recorder = RangeRecorder()
-    _hook_prior(recorder, model.top.prior, "top", conditioned=False)
-    _hook_prior(recorder, model.bottom.prior, "bottom", conditioned=True)
-    recorder.wide(model.top_s[0], "condition.mid")
-    recorder.activation(model.top_s[1], "condition.act")
-    return recorder
+def _ranges_per_point(model: DQCodec, statistic: str, run) -> dict:
+    """{point: {level: {site: range}}} over what run(point) makes the float prior compute."""
+    points = {}
+    for point in range(model.config.rate_points):
+        recorder = RangeRecorder(statistic)
+        _hook_prior(recorder, model.top.prior, "top", conditioned=False)
+        _hook_prior(recorder, model.bottom.prior, "bottom", conditioned=True)
+        recorder.wide(model.top_s[0], "condition.mid")
+        recorder.activation(model.top_s[1], "condition.act")
+        try:
+            run(point)
+        finally:
+            recorder.remove()
+        points[str(point)] = _nested(recorder.ranges())
+    return points
 
 
 def _nested(flat: dict[str, float]) -> dict:
@@ -123,16 +136,22 @@ def calibrate_synthesized(model: DQCodec, samples: int = 8, shape: tuple[int, in
     """Ranges at every rate point from `samples` top-level latents of `shape` (8 x 12: a
     768 x 512 image) drawn from the model's own prior."""
     generator = torch.Generator().manual_seed(seed)
-    points = {}
-    for point in range(model.config.rate_points):
-        recorder = _hooked(model)
-        try:
-            sample_codes(model, point, shape, samples, generator)
-        finally:
-            recorder.remove()
-        points[str(point)] = _nested(recorder.ranges(statistic))
+    points = _ranges_per_point(model, statistic, lambda p: sample_codes(model, p, shape, samples, generator))
     return {"version": CALIBRATION_VERSION, "source": f"synthesized: {samples} samples of {shape[0]}x{shape[1]} "
             "top-level codes drawn from the prior", "statistic": statistic, "points": points}
+
+
+def training_photos(folder: Path, count: int) -> list[Path]:
+    """`count` photos of the folder's training split (the photos train and fit-prior train
+    on, never their held-out ones), chosen with a fixed seed."""
+    import random
+
+    from .datasets import list_images
+    from .training import split_train_val
+
+    train, _ = split_train_val(list_images(folder), 16)
+    random.Random(0).shuffle(train)
+    return train[:count]
 
 
 @torch.no_grad()
@@ -147,14 +166,8 @@ def calibrate_photos(model: DQCodec, photos: list[Path], crop: int = 512, statis
         left, top = max(0, (image.width - crop) // 2), max(0, (image.height - crop) // 2)
         images.append(pad_to_stride(to_tensor(image.crop((left, top, left + crop, top + crop))),
                                     model.config.top_stride))
-    points = {}
-    for point in range(model.config.rate_points):
-        recorder = _hooked(model)
-        try:
-            for x in images:
-                model.assign_codes(model.analyse_image(x), point)
-        finally:
-            recorder.remove()
-        points[str(point)] = _nested(recorder.ranges(statistic))
+    features = [model.analyse_image(x) for x in images]  # the same at every rate point
+    points = _ranges_per_point(model, statistic,
+                               lambda p: [model.assign_codes(f, p) for f in features])
     return {"version": CALIBRATION_VERSION, "source": f"photos: centre {crop}x{crop} crops of "
             + ", ".join(sorted(p.name for p in photos)), "statistic": statistic, "points": points}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import torch
@@ -82,13 +82,11 @@ class Codec:
         self.search_scale = search_scale
         self.stride = model.config.top_stride
 
-    @property
+    @cached_property
     def calibration(self) -> dict:
-        if self._calibration is None:
-            self._calibration = calibrate_synthesized(self.model)
-        return self._calibration
+        return self._calibration if self._calibration is not None else calibrate_synthesized(self.model)
 
-    @property
+    @cached_property
     def model_id(self) -> bytes:
         """The id new files name: the weights with the integer prior derived from them."""
         if self.policy is None:

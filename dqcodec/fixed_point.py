@@ -194,6 +194,11 @@ class IntConv:
     offset: Tensor  # int64 (Cout,) the output format's zero point
     upsample: int = 1  # 2: a stride-2 transposed convolution (zeros inserted, then this conv)
 
+    def __post_init__(self):
+        # (acc + bias) * m + half = acc * m + rounded_bias; the clamp before adding the offset
+        self.rounded_bias = self.bias * self.multiplier + (1 << (self.shift - 1))
+        self.scaled_low, self.scaled_high = self.low - self.offset, self.high - self.offset
+
     def accumulate(self, x: Tensor, zero: int, at: Tensor | None = None) -> Tensor:
         """int64 (B, H', W', Cout) sums of weight x input, `zero` (the input's real 0) in the
         padding and between upsampled positions; with `at` (H', W') bool, only at those
@@ -239,16 +244,10 @@ class IntConv:
     def rescale(self, acc: Tensor) -> Tensor:
         """int64 outputs in the output format, clamped to its range."""
         scaled = acc.mul_(self.multiplier).add_(self.rounded_bias) >> self.shift
-        return scaled.clamp_(self.low - self.offset, self.high - self.offset).add_(self.offset)
+        return scaled.clamp_(self.scaled_low, self.scaled_high).add_(self.offset)
 
     def __call__(self, x: Tensor, zero: int, at: Tensor | None = None) -> Tensor:
         return self.rescale(self.accumulate(x, zero, at))
-
-    @property
-    def rounded_bias(self) -> Tensor:
-        """bias * m plus half of 2^shift: (acc + bias) * m + half = acc * m + this."""
-        return self.bias * self.multiplier + (1 << (self.shift - 1))
-
 
 
 def quantize_weight(weight: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -266,14 +265,16 @@ def quantize_weight(weight: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarr
 
 def int_conv(weight: np.ndarray, bias: np.ndarray | None, source: Format, in_scale: np.ndarray | None,
              out_scale: np.ndarray, out_format: Format, bits: int, transposed: bool = False,
-             extra_input: np.ndarray | None = None) -> IntConv:
+             extra_input: np.ndarray | None = None, limits: tuple[np.ndarray, np.ndarray] | None = None
+             ) -> IntConv:
     """Build an IntConv from float64 weights (Cout, Cin, k, k), or (Cin, Cout, k, k) for a
     stride-2 transposed convolution, with `bits`-bit weights (at most 15).
 
     in_scale (Cin,): real input = in_scale * source.scale * (q - zero) per channel (None: 1);
     out_scale (Cout,): the real value of one output step per channel (the output format's
     scale, or finer per-channel units). extra_input (Cin,), for a 1x1 convolution: a real
-    vector added to the input at every position, folded into the bias in integers."""
+    vector added to the input at every position, folded into the bias in integers. limits:
+    per-channel output bounds (low, high) in place of the format's."""
     if transposed:  # the equivalent convolution over the zero-spread input
         weight = np.flip(weight, (2, 3)).transpose(1, 0, 2, 3)
     if in_scale is not None:
@@ -292,8 +293,9 @@ def int_conv(weight: np.ndarray, bias: np.ndarray | None, source: Format, in_sca
     largest = largest + np.abs(bias_units).max()
     m, shift = multipliers(acc_scale / out_scale, 61 - int(np.frexp(largest)[1]))
     weight_t = torch.from_numpy(q.transpose(2, 3, 1, 0).reshape(-1, q.shape[0]).astype(np.int64))
-    full = lambda v: torch.full((q.shape[0],), v, dtype=torch.int64)  # noqa: E731
-    return IntConv([(d.contiguous(), o) for d, o in weight_digits(weight_t)],
-                   torch.from_numpy(bias_units.astype(np.int64)),
-                   torch.from_numpy(m), shift, q.shape[-1], full(out_format.low), full(out_format.high),
-                   full(out_format.zero), 2 if transposed else 1)
+    cout = q.shape[0]
+    low, high = limits if limits is not None else (np.full(cout, out_format.low), np.full(cout, out_format.high))
+    as_int64 = lambda v: torch.from_numpy(np.asarray(v).astype(np.int64))  # noqa: E731
+    return IntConv([(d.contiguous(), o) for d, o in weight_digits(weight_t)], as_int64(bias_units),
+                   torch.from_numpy(m), shift, q.shape[-1], as_int64(low), as_int64(high),
+                   as_int64(np.full(cout, out_format.zero)), 2 if transposed else 1)

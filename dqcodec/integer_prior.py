@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .fixed_point import WIDE_MAX, Format, IntConv, apply_table, exp64, gelu_table, int_conv, lookup
-from .prior import CodePrior, checkerboard
+from .prior import CodePrior
 
 if TYPE_CHECKING:
     from .model import DQCodec
@@ -84,10 +84,6 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().to(torch.float64).cpu().numpy()
 
 
-def _wide(max_abs: float) -> Format:
-    return Format.wide(max_abs)
-
-
 @dataclass
 class GeluConv:
     """GELU (a table over wide inputs) into int8, then a convolution."""
@@ -101,11 +97,11 @@ class GeluConv:
 
 
 def _gelu_conv(conv: torch.nn.Conv2d, source: Format, act_max: float, kind: str, policy: Policy,
-               out_scale: np.ndarray, out: Format) -> GeluConv:
+               out_scale: np.ndarray, out: Format, limits: tuple | None = None) -> GeluConv:
     act = Format.after_gelu(act_max, policy.activation_bits(kind))
     return GeluConv(gelu_table(source, act), act.zero,
                     int_conv(_np(conv.weight), _np(conv.bias), act, None, out_scale, out,
-                             policy.weight_bits(kind)))
+                             policy.weight_bits(kind), limits=limits))
 
 
 def _full(n: int, value: float) -> np.ndarray:
@@ -137,13 +133,13 @@ class IntegerCodePrior:
     slices: list
     code_values: Tensor  # (G, K, d) int8/int16: the codes as the prior's networks read them
     code_units: Tensor  # (G, K, d) int64: the codes in the logits' fixed point
-    code_features: Tensor = field(init=False)  # (G, K, 2d) float64: (c^2, c)
+    precision: Tensor  # (G, d, 513) float64: a 16-bit mantissa times a power of two
+    code_bias: Tensor  # (G, K) int64 logit units
+    code_features: Tensor = field(init=False)  # (G, K, 2d) float64: (c^2, c), the logits' matmul
 
     def __post_init__(self):
         units = self.code_units.double()
         self.code_features = torch.cat([units.square(), units], -1)
-    precision: Tensor  # (G, d, 513) float64: a 16-bit mantissa times a power of two
-    code_bias: Tensor  # (G, K) int64 logit units
 
     def condition(self, cond: Tensor) -> Tensor:
         """int8 (B, H, W, C) conditioning -> int8 features shared by all passes."""
@@ -209,12 +205,16 @@ class IntegerCodePrior:
         return logits if free is None else logits.add_(free.double())
 
     def lookup(self, indices: Tensor, groups: slice) -> Tensor:
-        """int8 codes (B, H, W, G'*d) of indices (B, G', H, W)."""
-        codes = self.code_values[groups]
-        g = torch.arange(codes.shape[0])[None, :, None, None]
-        v = codes[g, indices]  # (B, G', H, W, d)
-        b, gg, h, w, d = v.shape
-        return v.permute(0, 2, 3, 1, 4).reshape(b, h, w, gg * d)
+        """Integer codes (B, H, W, G'*d) of indices (B, G', H, W)."""
+        return codes_at(self.code_values[groups], indices)
+
+
+def codes_at(code_values: Tensor, indices: Tensor) -> Tensor:
+    """Codes (G, K, d) at indices (B, G, H, W), channels last: (B, H, W, G*d)."""
+    g = torch.arange(code_values.shape[0])[None, :, None, None]
+    v = code_values[g, indices]  # (B, G, H, W, d)
+    b, groups, h, w, d = v.shape
+    return v.permute(0, 2, 3, 1, 4).reshape(b, h, w, groups * d)
 
 
 class IntegerPasses:
@@ -230,9 +230,7 @@ class IntegerPasses:
     def begin_slice(self, s: int, y_hat: Tensor) -> None:
         self.shared = self.prior.slice_inputs(s, self.features, self.codes)
 
-    def params(self, s: int, y_hat: Tensor, anchors: bool) -> tuple[Tensor, Tensor, Tensor]:
-        positions = checkerboard(*self.codes.shape[1:3])
-        positions = positions if anchors else ~positions
+    def params(self, s: int, y_hat: Tensor, anchors: bool, positions: Tensor) -> tuple:
         # where each row's positions start in the pass's row-major list
         starts = torch.cat([positions.new_zeros(1, dtype=torch.long), positions.sum(1).cumsum(0)])
         return (*self.prior.params(s, self.shared, self.codes, anchors, positions), starts)
@@ -282,11 +280,7 @@ class IntegerCondition:
     second: GeluConv
 
     def __call__(self, top_indices: Tensor) -> Tensor:
-        codes = self.code_values
-        g = torch.arange(codes.shape[0])[None, :, None, None]
-        v = codes[g, top_indices]
-        b, gg, h, w, d = v.shape
-        x = v.permute(0, 2, 3, 1, 4).reshape(b, h, w, gg * d)
+        x = codes_at(self.code_values, top_indices)
         return self.second(self.first(x, 0)).to(torch.int8)  # in the cond format: 8 bits
 
 
@@ -338,14 +332,14 @@ def _derive_prior(prior: CodePrior, codebooks: np.ndarray, code_bias: np.ndarray
                   embedding: np.ndarray | None, cond: Format, ranges: dict, policy: Policy) -> IntegerCodePrior:
     groups_per_slice, dim, slice_channels = prior.groups_per_slice, prior.dim, prior.slice_channels
     codes, code_step, code_unit = _code_formats(codebooks, policy.activation_bits("spatial"))
-    trunk_out = _wide(ranges["trunk"])
+    trunk_out = Format.wide(ranges["trunk"])
     trunk = int_conv(_np(prior.cond_trunk[0].weight), _np(prior.cond_trunk[0].bias), cond, None,
                      _full(prior.cond_trunk[0].out_channels, trunk_out.scale), trunk_out,
                      policy.weight_bits("trunk"))
     features = Format.after_gelu(ranges["features"], policy.activation_bits("proj"))
     slices = []
     for s, context in enumerate(prior.contexts):
-        h = _wide(ranges[f"h{s}"])
+        h = Format.wide(ranges[f"h{s}"])
         width = context.spatial.out_channels
         to_h = _full(width, h.scale)
         proj = int_conv(_np(prior.cond_proj[s].weight), _np(prior.cond_proj[s].bias), features, None, to_h, h,
@@ -361,24 +355,21 @@ def _derive_prior(prior: CodePrior, codebooks: np.ndarray, code_bias: np.ndarray
                                code_step[: s * slice_channels], to_h, h, policy.weight_bits("channel"))
         blocks = []
         for b, block in enumerate(context.blocks):
-            middle = _wide(ranges[f"s{s}.b{b}.mid"])
+            middle = Format.wide(ranges[f"s{s}.b{b}.mid"])
             blocks.append((
                 _gelu_conv(block[1], h, ranges[f"s{s}.b{b}.act1"], "block.conv1", policy,
                            _full(width, middle.scale), middle),
                 _gelu_conv(block[3], middle, ranges[f"s{s}.b{b}.act2"], "block.conv2", policy, to_h, h),
             ))
-        head_mid = _wide(ranges[f"s{s}.head.mid"])
+        head_mid = Format.wide(ranges[f"s{s}.head.mid"])
         groups = slice(s * groups_per_slice, (s + 1) * groups_per_slice)
         # head outputs (G_s, 2, d): means in code units, log-scales in 1/64 steps
         units = code_unit[groups]
         out_scale = np.stack([units, np.full_like(units, 1.0 / LOG_SCALE_STEPS)], 1).reshape(-1)
-        head_out = Format(1.0, 0, -WIDE_MAX, WIDE_MAX)
+        # means within the wide range, log-scales within the float prior's clamp [-4, 4]
+        limit = np.stack([np.full_like(units, WIDE_MAX), np.full_like(units, 4 * LOG_SCALE_STEPS)], 1).reshape(-1)
         to_params = _gelu_conv(context.head[3], head_mid, ranges[f"s{s}.head.act2"], "head.conv2", policy,
-                               out_scale, head_out)
-        is_log_scale = torch.tensor([0] * dim + [1] * dim).repeat(groups_per_slice).bool()
-        limit = 4 * LOG_SCALE_STEPS
-        to_params.conv.low = torch.where(is_log_scale, -limit, to_params.conv.low)
-        to_params.conv.high = torch.where(is_log_scale, limit, to_params.conv.high)
+                               out_scale, Format(1.0, 0, -WIDE_MAX, WIDE_MAX), limits=(-limit, limit))
         head = (_gelu_conv(context.head[1], h, ranges[f"s{s}.head.act1"], "head.conv1", policy,
                            _full(width, head_mid.scale), head_mid), to_params)
         free = None
@@ -415,7 +406,7 @@ def derive(model: "DQCodec", point: int, calibration: dict, policy: Policy = DEF
     top_codebooks = _np(model.top.quantizer.codebooks)
     codes, step, _ = _code_formats(top_codebooks, policy.activation_bits("condition.deconv1"))
     in_scale = step if gains["top"] is None else step / gains["top"]
-    mid = _wide(ranges["condition"]["mid"])
+    mid = Format.wide(ranges["condition"]["mid"])
     first_layer, _, second_layer = model.top_s
     first = int_conv(_np(first_layer.weight), _np(first_layer.bias), codes, in_scale,
                      _full(first_layer.out_channels, mid.scale), mid,

@@ -69,8 +69,8 @@ class DQLatentCodec(LatentCodec):
             groups, channels = self.prior.group_slice(s), self.prior.channel_slice(s)
             if p.anchors:  # the slice's first pass
                 model.begin_slice(s, y_hat)
-            params = model.params(s, y_hat, p.anchors)
             positions = anchors if p.anchors else ~anchors
+            params = model.params(s, y_hat, p.anchors, positions)
             chosen = torch.zeros_like(indices[:, groups])
             for rows in blocks:
                 mask = positions[rows]
@@ -197,7 +197,7 @@ class FloatPasses:
     def begin_slice(self, s: int, y_hat: Tensor) -> None:
         self.shared = self.prior.slice_inputs(s, self.features, y_hat)
 
-    def params(self, s: int, y_hat: Tensor, anchors: bool) -> tuple:
+    def params(self, s: int, y_hat: Tensor, anchors: bool, positions: Tensor) -> tuple:
         return self.prior.params(s, self.shared, y_hat, anchors)
 
     def logits(self, s: int, params: tuple, rows: slice, mask: Tensor) -> tuple[Tensor, None]:

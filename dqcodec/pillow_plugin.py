@@ -37,17 +37,18 @@ class DQImageFile(ImageFile.ImageFile):
         self._mode = dq.mode
         self.info["dq_version"] = dq.version
         self.info["quality"] = dq.quality
-        self.tile = [("dq", (0, 0, dq.width, dq.height), 0, None)]
+        self.tile = [("dq", (0, 0, dq.width, dq.height), 0, data)]  # the decoder's argument
 
 
 class DQDecoder(ImageFile.PyDecoder):
-    _pulls_fd = True
+    """Decodes the whole file at once: the tile's argument holds its bytes, read in _open."""
+
+    _pulls_fd = True  # no data is fed: the file was already read
 
     def decode(self, buffer):
         from .codec import codec_for_file
 
-        self.fd.seek(0)
-        data = self.fd.read()
+        (data,) = self.args
         limit = Image.MAX_IMAGE_PIXELS
         max_pixels = 1 << 62 if limit is None else 2 * limit  # Pillow's own error threshold
         image = codec_for_file(data).decode(data, max_pixels=max_pixels)

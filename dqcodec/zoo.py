@@ -16,7 +16,7 @@ from .config import ModelConfig
 from .errors import DQError
 from .model import DQCodec
 from .options import WEIGHTS_PACKAGE, manifest
-from . import options
+from .options import default_quality as manifest_default
 
 
 
@@ -47,7 +47,7 @@ def shipped_models() -> dict[int, Level]:
 
 def default_quality() -> int:
     """The level models/zoo.json names as default (the one its weights were trained for)."""
-    quality = options.default_quality()
+    quality = manifest_default()
     if quality is None:
         raise ModelError("no trained model is installed (models/zoo.json is missing)")
     return quality
