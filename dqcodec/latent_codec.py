@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from compressai.latent_codecs import LatentCodec
+import torch.nn as nn
 from torch import Tensor
 
 from .config import LevelConfig
@@ -29,7 +29,9 @@ Chooser = Callable[[Pass, slice, Tensor, slice, Tensor, Tensor | None], Tensor]
 LOGIT_BUDGET = 1 << 22  # elements of the (rows, K, d) intermediate per block
 
 
-class DQLatentCodec(LatentCodec):
+class DQLatentCodec(nn.Module):
+    """CompressAI's LatentCodec interface (forward / compress / decompress) for one level."""
+
     def __init__(self, level: LevelConfig, cond_channels: int, prior_width: int,
                  rate_weight: float | Tensor, rate_points: int = 1, prior_kernel: int = 1,
                  prior_blocks: int = 0, prior_free_logits: bool = False):

@@ -5,23 +5,21 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from compressai.models import CompressionModel
-from compressai.models.utils import conv, deconv
 from torch import Tensor
 
 from .config import ModelConfig
 from .integer_prior import IntegerModel
 from .latent_codec import DQLatentCodec
-from .layers import FusedGDN, SubpixelDeconv
+from .layers import GDN, SubpixelDeconv, conv, deconv
 from .tiling import tiled_analysis, tiled_synthesis
 
 
 def analysis(width: int) -> nn.Sequential:
     """Image -> features at stride 16."""
     return nn.Sequential(
-        conv(3, width), FusedGDN(width),
-        conv(width, width), FusedGDN(width),
-        conv(width, width), FusedGDN(width),
+        conv(3, width), GDN(width),
+        conv(width, width), GDN(width),
+        conv(width, width), GDN(width),
         conv(width, width),
     )
 
@@ -29,14 +27,14 @@ def analysis(width: int) -> nn.Sequential:
 def synthesis(in_channels: int, width: int) -> nn.Sequential:
     """Stride-16 latent (+ top-level features) -> image."""
     return nn.Sequential(
-        deconv(in_channels, width), FusedGDN(width, inverse=True),
-        deconv(width, width), FusedGDN(width, inverse=True),
-        deconv(width, width), FusedGDN(width, inverse=True),
+        deconv(in_channels, width), GDN(width, inverse=True),
+        deconv(width, width), GDN(width, inverse=True),
+        deconv(width, width), GDN(width, inverse=True),
         SubpixelDeconv(width, 3),
     )
 
 
-class DQCodec(CompressionModel):
+class DQCodec(nn.Module):
     """Top level at stride 64 is coded first; its decoded features condition the bottom
     level's encoder, prior and the image decoder."""
 

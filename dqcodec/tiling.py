@@ -36,8 +36,9 @@ import math
 from typing import Callable
 
 import torch.nn as nn
-from compressai.layers import GDN
 from torch import Tensor
+
+from .layers import GDN
 
 # leaf modules that act on each position alone
 _POINTWISE = (GDN, nn.GELU, nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.SiLU, nn.Sigmoid, nn.Tanh,

@@ -141,3 +141,16 @@ def test_package_exposes_only_its_api_and_imports_no_torch():
             "'torch' in sys.modules, 'compressai' in dir(dqcodec))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "False", "False"]
+
+
+def test_encoding_and_decoding_do_not_import_compressai():
+    """compressai's package import takes seconds (its point-cloud datasets); the codec a user
+    runs needs none of it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, dqcodec; from PIL import Image; "
+            "image = Image.new('RGB', (40, 24), (90, 140, 30)); "
+            "dqcodec.decode(dqcodec.encode(image, quality=1)); print('compressai' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False"]

@@ -2,7 +2,8 @@ import pytest
 import torch
 from compressai.layers import GDN
 
-from dqcodec.layers import FusedGDN, SubpixelDeconv
+from dqcodec.layers import GDN as FusedGDN
+from dqcodec.layers import SubpixelDeconv
 
 
 @pytest.mark.parametrize("inverse", [False, True])
@@ -74,3 +75,24 @@ def test_gdn_with_trainable_parameters_keeps_their_gradients_in_eval_mode():
     x = torch.randn(1, 3, 4, 4, requires_grad=True)
     layer(x).sum().backward()
     assert layer.gamma.grad is not None and layer.beta.grad is not None
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_gdn_trains_like_compressai(inverse):
+    """Same state-dict keys, outputs and parameter gradients (the lower bound's custom gradient
+    included) as compressai.layers.GDN, so weights and training runs move between them."""
+    torch.manual_seed(0)
+    ours = FusedGDN(6, inverse=inverse).train()
+    with torch.no_grad():
+        ours.beta[:3] = 0.0  # below beta's lower bound: only the bound's gradient rule moves it
+        ours.gamma.add_(0.1 * torch.rand_like(ours.gamma))
+    reference = GDN(6, inverse=inverse)
+    assert list(reference.state_dict()) == list(ours.state_dict())
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 6, 4, 5)
+    weights = torch.randn(2, 6, 4, 5)
+    (ours(x) * weights).sum().backward()
+    (reference(x) * weights).sum().backward()
+    assert torch.allclose(ours.beta.grad, reference.beta.grad, atol=1e-6)
+    assert torch.allclose(ours.gamma.grad, reference.gamma.grad, atol=1e-6)
+    assert ours.beta.grad[:3].abs().sum() > 0 or reference.beta.grad[:3].abs().sum() == 0
