@@ -5,7 +5,7 @@ floats per level) at several trade-offs λ, codes Kodak with each at several enc
 assignment strengths (real bitstreams), and compares the best curve each quantizer reaches
 (the Pareto front of all its points): PSNR at equal rate and the Bjøntegaard delta rate.
 
-    python benchmarks/ablation_dq_vq.py --steps 800 --json docs/ablation.json
+    python benchmarks/ablation_dq_vq.py --steps 800 --json results/ablation_dq_vs_vq.json
 
 Run by hand (minutes of CPU per arm); not part of the test suite.
 """
@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 
 from dqcodec.codec import Codec
-from dqcodec.config import LevelConfig, ModelConfig
-from dqcodec.datasets import list_images
-from dqcodec.evaluation import evaluate, summarize
-from dqcodec.rd import bd_rate, psnr_at
-from dqcodec.training import Stage, TrainOptions, model_from_checkpoint, train
+from dqcodec.models.config import LevelConfig, ModelConfig
+from dqcodec.evaluation.datasets import list_images
+from dqcodec.evaluation.evaluate import DQCoder, evaluate, summarize
+from dqcodec.evaluation.rd import bd_rate, psnr_at
+from dqcodec.training.trainer import Stage, TrainOptions, model_from_checkpoint, train
 
 REPO = Path(__file__).resolve().parents[1]
 CHANNELS_BOTTOM, CHANNELS_TOP, CODES = 96, 32, 16
@@ -96,7 +96,7 @@ def train_and_code(family: str, config: ModelConfig, args, weights: list[float],
     memory = sum(level.quantizer.codebooks.numel() for level in (model.top, model.bottom))
     curve = []
     for w in weights:
-        mean = summarize(evaluate(Codec(model, rate_weight=w), kodak, progress=False))
+        mean = summarize(evaluate(DQCoder(Codec(model, rate_weight=w)), kodak, progress=False))
         curve.append((mean["bpp"], mean["psnr"]))
         print(f"{family} λ={config.lmbda:<8g} rate weight {w:<5g} {curve[-1][0]:.4f} bpp "
               f"{curve[-1][1]:.2f} dB", flush=True)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import click
 
-from dqcodec.evaluation import rd_pairs
-from dqcodec.rd import bd_rate
+from dqcodec.evaluation.evaluate import rd_pairs
+from dqcodec.evaluation.rd import bd_rate
 
 
 def parse_settings(text: str | None) -> list[str] | None:

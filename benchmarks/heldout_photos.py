@@ -2,7 +2,7 @@
 `dqcodec fit-prior` validate on) into a folder of symbolic links, for evaluating real files:
 
     python benchmarks/heldout_photos.py DIR [--data ../shared/data/train] [--count 16]
-    dqcodec eval --data-dir DIR --compare jpeg,webp --json docs/heldout_eval.json
+    dqcodec eval --data-dir DIR --compare jpeg,webp --json results/heldout_effort1.json
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from dqcodec.datasets import list_images
-from dqcodec.training import split_train_val
+from dqcodec.evaluation.datasets import list_images
+from dqcodec.training.trainer import split_train_val
 
 
 @click.command()

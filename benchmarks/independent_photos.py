@@ -3,7 +3,7 @@ inside the scikit-image wheel and matplotlib (NASA's astronaut and rocket, Chels
 a Middlebury motorcycle, Grace Hopper), checked against fixed SHA-256 sums.
 
     python benchmarks/independent_photos.py DIR
-    dqcodec eval --data-dir DIR --compare jpeg,webp --json docs/independent_eval.json
+    dqcodec eval --data-dir DIR --compare jpeg,webp --json results/independent_effort1.json
 
 The scikit-image wheel is fetched with `pip download` (no install); matplotlib is a dependency.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 import matplotlib
 
-from dqcodec.datasets import file_matches
+from dqcodec.evaluation.datasets import file_matches
 
 SKIMAGE_WHEEL = "scikit-image==0.26.0"
 SHA256 = {

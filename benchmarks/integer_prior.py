@@ -18,12 +18,12 @@ from pathlib import Path
 
 import click
 
-from dqcodec.calibration import calibrate_photos, calibrate_synthesized, training_photos
+from dqcodec.entropy_models.calibration import calibrate_photos, calibrate_synthesized, training_photos
 from dqcodec.codec import Codec, load_codec
-from dqcodec.datasets import list_images
-from dqcodec.evaluation import evaluate, summarize
-from dqcodec.integer_prior import POLICIES
-from dqcodec.rd import bd_rate
+from dqcodec.evaluation.datasets import list_images
+from dqcodec.evaluation.evaluate import DQCoder, evaluate, summarize
+from dqcodec.entropy_models.integer_prior import POLICIES
+from dqcodec.evaluation.rd import bd_rate
 from dqcodec.zoo import read_calibration, shipped_models
 
 
@@ -83,7 +83,7 @@ def main(data_dir, levels, effort, policies, calibrations, photos, photo_count, 
         points, bits = [], {}
         for level in parse_levels(levels):
             codec = codec_for(level, policy, source, cache)
-            results = evaluate(codec, images, progress=False, effort=effort)
+            results = evaluate(DQCoder(codec, effort), images, progress=False)
             points.append({"level": level, **summarize(results)})
             if policy != "float":  # per weights file: levels 4-9 share one
                 bits[shipped_models()[level].weights] = codec.integer_model(codec.rate_point).weight_bits

@@ -17,18 +17,18 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from dqcodec.codec import Codec, load_codec
-from dqcodec.datasets import list_images
-from dqcodec.evaluation import evaluate, summarize
-from dqcodec.rd import psnr_at
-from dqcodec.refinement import DEFAULT_EFFORT
-from dqcodec.training import split_train_val
+from dqcodec.evaluation.datasets import list_images
+from dqcodec.evaluation.evaluate import DQCoder, evaluate, summarize
+from dqcodec.evaluation.rd import psnr_at
+from dqcodec.models.encoder_search import DEFAULT_EFFORT
+from dqcodec.training.trainer import split_train_val
 from dqcodec.zoo import read_model_file, shipped_models
 
 Point = tuple[float, float]
 
 
 def measure(codec: Codec, photos: list[Path], effort: int) -> Point:
-    mean = summarize(evaluate(codec, photos, progress=False, effort=effort))
+    mean = summarize(evaluate(DQCoder(codec, effort), photos, progress=False))
     return mean["bpp"], mean["psnr"]
 
 

@@ -18,7 +18,7 @@ peak, which the kernel carries over fork and exec, so it would report this proce
 
 Codecs:
   dqcodec     `Codec.encode_image` / `Codec.decode` (pixels <-> .dq bytes), with --model FILE,
-              else the shipped default model, else a random-weight `DQCodec()` (said so);
+              else the shipped default model, else a random-weight `DQModel()` (said so);
               --effort N times the encoder search (dqcodec encode --effort N).
   dqcodec-float  the same model with the float prior (format version 1 files): what the
               integer prior costs in time.
@@ -72,7 +72,7 @@ class DQAdapter:
         from dqcodec import codec as dqc
         from dqcodec import zoo
         from dqcodec.errors import DQError
-        from dqcodec.model import DQCodec
+        from dqcodec.models.dq import DQModel
 
         if model_path is not None:
             self.codec = dqc.Codec(zoo.read_model_file(Path(model_path)))
@@ -83,7 +83,7 @@ class DQAdapter:
                 self.label = f"shipped model q{self.codec.quality}"
             except DQError:
                 torch.manual_seed(0)
-                self.codec = dqc.Codec(DQCodec())
+                self.codec = dqc.Codec(DQModel())
                 self.label = "RANDOM weights (no shipped model)"
         if float_prior:
             c = self.codec
@@ -119,7 +119,7 @@ class CompressAIAdapter:
     def encode(self, image):
         import torch
         from dqcodec.image_io import to_tensor
-        from dqcodec.model import pad_to_stride
+        from dqcodec.models.dq import pad_to_stride
 
         with torch.inference_mode():
             x = pad_to_stride(to_tensor(image.convert("RGB")), 64)
@@ -414,16 +414,16 @@ def fmt(value, spec=".3f"):
 
 
 def main(argv=None) -> int:
-    from dqcodec.refinement import DEFAULT_EFFORT  # dqcodec (torch) loads lazily, as in the adapters
+    from dqcodec.models.encoder_search import DEFAULT_EFFORT  # dqcodec (torch) loads lazily, as in the adapters
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", help="image to code (default: --kodak-image from --kodak-dir)")
-    parser.add_argument("--kodak-dir", default=str(REPO.parent / "shared" / "data" / "kodak"))
+    parser.add_argument("--kodak-dir", default=os.path.relpath(REPO.parent / "shared" / "data" / "kodak"))
     parser.add_argument("--kodak-image", default="kodim23.png")
     parser.add_argument("--large", action="store_true",
                         help=f"also a {LARGE_SIZE[0]}x{LARGE_SIZE[1]} image upscaled (LANCZOS) from a photo")
-    parser.add_argument("--train-dir", default=str(REPO.parent / "shared" / "data" / "train"),
+    parser.add_argument("--train-dir", default=os.path.relpath(REPO.parent / "shared" / "data" / "train"),
                         help="where the large image's source photo comes from (first by name)")
     parser.add_argument("--large-source", help="the photo to upscale for --large")
     parser.add_argument("--max-side", type=int, help="center-crop every image to at most this side")

@@ -1,5 +1,5 @@
 """The dqcodec command line (installed as dqcodec.cli)."""
 
-from .main import main
+from dqcodec.cli.main import main
 
 __all__ = ["main"]

@@ -1,3 +1,3 @@
-from . import main
+from dqcodec.cli import main
 
 main()

@@ -245,9 +245,11 @@ def info(input):
 def eval_(dataset, data_dir, quality, model, rate_point, compare, published, published_dir, plot_path,
           json_path, effort, verbose, progress):
     """Rate-distortion of dqcodec (and other codecs) on a dataset, from real bitstreams."""
-    from dqcodec import baselines, evaluation, rd
+    from dqcodec.evaluation import classic_codecs as baselines
+    from dqcodec.evaluation import evaluate as evaluation
+    from dqcodec.evaluation import rd
     from dqcodec.codec import load_codec
-    from dqcodec.datasets import resolve_dataset
+    from dqcodec.evaluation.datasets import resolve_dataset
     from dqcodec.zoo import shipped_models
 
     paths = resolve_dataset(dataset, data_dir)
@@ -261,8 +263,8 @@ def eval_(dataset, data_dir, quality, model, rate_point, compare, published, pub
     ours = f"dqcodec-e{effort}" if effort != DEFAULT_EFFORT else "dqcodec"
     reports, curves = [], {ours: []}
     for codec in codecs:
-        results = evaluation.evaluate(codec, paths, progress=progress, effort=effort)
-        summary = evaluation.report(codec, str(data_dir or dataset), results, effort)
+        results = evaluation.evaluate(evaluation.DQCoder(codec, effort), paths, progress=progress)
+        summary = evaluation.report(codec, data_dir.name if data_dir else dataset, results, effort)
         reports.append(summary)
         curves[ours].append(evaluation.curve_point(codec.setting, results))
         if verbose or len(codecs) == 1:
@@ -377,8 +379,8 @@ def train(data, out, steps, minutes, stop_after, lr, lmbda, lambdas, groups, cod
     """Train a model (progressive crop sizes, resumable)."""
     import dataclasses
 
-    from dqcodec.config import ModelConfig
-    from dqcodec.training import (DEFAULT_STAGES, TrainOptions, parse_lambdas, parse_stages,
+    from dqcodec.models.config import ModelConfig
+    from dqcodec.training.trainer import (DEFAULT_STAGES, TrainOptions, parse_lambdas, parse_stages,
                                   train as run_training)
 
     base = ModelConfig()
@@ -423,7 +425,7 @@ def train(data, out, steps, minutes, stop_after, lr, lmbda, lambdas, groups, cod
 def fit_prior(init, data, out, kernel, blocks, free_logits, steps, lr, window, val_count, codes_file,
               resume):
     """Refit a model's prior to its own codes (fast: the transforms are frozen)."""
-    from dqcodec.prior_fitting import PriorFitOptions, fit_prior as run_fit
+    from dqcodec.training.prior_fitting import PriorFitOptions, fit_prior as run_fit
 
     options = PriorFitOptions(data=data, out=out, init=init, kernel=kernel, blocks=blocks,
                               free_logits=free_logits, steps=steps, lr=lr, window=window,
@@ -442,7 +444,7 @@ def fit_prior(init, data, out, kernel, blocks, free_logits, steps, lr, window, v
 @user_errors
 def export(checkpoint, output, force, precision):
     """Turn a training checkpoint into a shippable safetensors model."""
-    from dqcodec.training import model_from_checkpoint
+    from dqcodec.training.trainer import model_from_checkpoint
     from dqcodec.zoo import save_model
 
     check_output(checkpoint, output, force)
@@ -465,7 +467,7 @@ def export(checkpoint, output, force, precision):
 def calibrate(model, photos, count, output, force):
     """Measure the activation ranges the integer prior is derived from (JSON). A model file
     keeps them in its metadata, or beside it as NAME.calibration.json."""
-    from dqcodec.calibration import calibrate_photos, calibrate_synthesized, training_photos
+    from dqcodec.entropy_models.calibration import calibrate_photos, calibrate_synthesized, training_photos
     from dqcodec.zoo import read_model_file
 
     check_output(model, output, force)

@@ -8,8 +8,8 @@ from typing import BinaryIO
 
 from PIL import Image
 
-from .codec import Codec, codec_for_file, load_codec
-from .options import DEFAULT_EFFORT
+from dqcodec.codec import Codec, codec_for_file, load_codec
+from dqcodec.options import DEFAULT_EFFORT
 
 ImageInput = Image.Image | str | os.PathLike
 DQInput = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO
@@ -40,7 +40,7 @@ def _read(data: DQInput) -> bytes:
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
     if isinstance(data, (str, os.PathLike)):
-        from .errors import DQError
+        from dqcodec.errors import DQError
 
         path = Path(data)
         if not path.is_file():

@@ -11,15 +11,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .calibration import calibrate_synthesized
-from .container import VERSION, DQFile
-from .errors import DQError
-from .image_io import open_image, split_alpha, to_image, to_tensor
-from .integer_prior import DEFAULT_POLICY, IntegerModel, Policy, derive, integer_id
-from .model import DQCodec, pad_to_stride
-from .options import DEFAULT_MAX_PIXELS
-from .refinement import DEFAULT_EFFORT, encoder_features
-from . import zoo
+from dqcodec.entropy_models.calibration import calibrate_synthesized
+from dqcodec.container import VERSION, DQFile
+from dqcodec.errors import DQError
+from dqcodec.image_io import open_image, split_alpha, to_image, to_tensor
+from dqcodec.entropy_models.integer_prior import DEFAULT_POLICY, IntegerModel, Policy, derive, integer_id
+from dqcodec.models.dq import DQModel, pad_to_stride
+from dqcodec.options import DEFAULT_MAX_PIXELS
+from dqcodec.models.encoder_search import DEFAULT_EFFORT, encoder_features
+from dqcodec import zoo
 
 
 # Files of format version 1 were coded with the float prior, whose results depend on the
@@ -51,7 +51,7 @@ class EncodeResult:
 
 
 class Codec:
-    def __init__(self, model: DQCodec, quality: int = 0, rate_weight: float | None = None,
+    def __init__(self, model: DQModel, quality: int = 0, rate_weight: float | None = None,
                  rate_point: int | None = None, search_scale: float = 1.0,
                  calibration: dict | None = None, policy: Policy | None = DEFAULT_POLICY):
         """rate_point: which rate point of a variable-rate model encodes (default the
@@ -108,7 +108,7 @@ class Codec:
     @torch.no_grad()  # not inference_mode: effort > 0 runs gradient steps inside
     def encode_image(self, image: Image.Image, effort: int = DEFAULT_EFFORT) -> EncodeResult:
         """effort: 0 codes the analysis transform's features; 1 and 2 first refine them for
-        this image (slower encoding, same decoding; see refinement.py)."""
+        this image (slower encoding, same decoding; see models/encoder_search.py)."""
         rgb, alpha, mode = split_alpha(image)
         x = pad_to_stride(to_tensor(rgb), self.stride)
         features = encoder_features(self.model, x, self.rate_point, effort, self.rate_weight,

@@ -9,7 +9,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from .errors import DQError
+from dqcodec.errors import DQError
 
 MAGIC = b"\x89DQC"
 # 2: the integer prior makes every probability (files decode on any machine);

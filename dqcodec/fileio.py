@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from .errors import DQError
+from dqcodec.errors import DQError
 
 
 def check_output(src: Path, dst: Path, force: bool) -> None:

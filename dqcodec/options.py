@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-EFFORT_LEVELS = 3  # refinement.EFFORTS holds one search per level
+EFFORT_LEVELS = 3  # models.encoder_search.EFFORTS holds one search per level
 DEFAULT_EFFORT = 1
 DEFAULT_MAX_PIXELS = 1 << 26  # 67 MP; raise with max_pixels / --max-pixels
 WEIGHTS_PACKAGE = "dqcodec.weights"  # the repository's models/ folder, installed in the package

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from PIL import Image, ImageFile
 
-from .container import HEADER_SIZE, MAGIC, DQFile, FormatError
+from dqcodec.container import HEADER_SIZE, MAGIC, DQFile, FormatError
 
 FORMAT = "DQ"
 
@@ -46,7 +46,7 @@ class DQDecoder(ImageFile.PyDecoder):
     _pulls_fd = True  # no data is fed: the file was already read
 
     def decode(self, buffer):
-        from .codec import codec_for_file
+        from dqcodec.codec import codec_for_file
 
         (data,) = self.args
         limit = Image.MAX_IMAGE_PIXELS
@@ -57,8 +57,8 @@ class DQDecoder(ImageFile.PyDecoder):
 
 
 def _save(image: Image.Image, fp, filename) -> None:
-    from .codec import load_codec
-    from .options import DEFAULT_EFFORT
+    from dqcodec.codec import load_codec
+    from dqcodec.options import DEFAULT_EFFORT
 
     quality = image.encoderinfo.get("quality")
     effort = image.encoderinfo.get("effort", DEFAULT_EFFORT)

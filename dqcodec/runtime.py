@@ -32,7 +32,7 @@ def thread_count(requested: int | None = None) -> int:
         except ValueError:
             count = 0
         if count < 1:
-            from .errors import DQError
+            from dqcodec.errors import DQError
 
             raise DQError(f"{THREADS_ENV} must be a positive integer, not {value!r}")
         return count

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import LevelConfig, ModelConfig
-from .model import DQCodec
+from dqcodec.models.config import LevelConfig, ModelConfig
+from dqcodec.models.dq import DQModel
 
 TINY = ModelConfig(
     width=16,
@@ -19,16 +19,16 @@ TINY = ModelConfig(
 )
 
 
-def tiny_model(seed: int = 0, config: ModelConfig = TINY) -> DQCodec:
+def tiny_model(seed: int = 0, config: ModelConfig = TINY) -> DQModel:
     torch.manual_seed(seed)
-    model = DQCodec(config)
+    model = DQModel(config)
     with torch.no_grad():  # spread latents over several codes so the prior has work to do
         model.bottom_a.weight.mul_(20)
         model.top_a[-1].weight.mul_(20)
     return model.eval()
 
 
-def tiny_variable_rate_model(seed: int = 0, lambdas=(0.001, 0.01, 0.1)) -> DQCodec:
+def tiny_variable_rate_model(seed: int = 0, lambdas=(0.001, 0.01, 0.1)) -> DQModel:
     """A tiny model with three rate points whose gains differ (lowest rate first)."""
     model = tiny_model(seed, dataclasses.replace(TINY, lambdas=tuple(lambdas)))
     with torch.no_grad():

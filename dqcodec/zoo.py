@@ -12,11 +12,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from .config import ModelConfig
-from .errors import DQError
-from .model import DQCodec
-from .options import WEIGHTS_PACKAGE, manifest
-from .options import default_quality as manifest_default
+from dqcodec.models.config import ModelConfig
+from dqcodec.errors import DQError
+from dqcodec.models.dq import DQModel
+from dqcodec.options import WEIGHTS_PACKAGE, manifest
+from dqcodec.options import default_quality as manifest_default
 
 
 
@@ -33,7 +33,7 @@ class Level:
     weights: Path
     rate_weight: float | None  # None: the strength the model was trained with
     rate_point: int | None = None  # of a variable-rate model; None: its highest
-    search_scale: float = 1.0  # multiplies the encoder search's step size (refinement.py)
+    search_scale: float = 1.0  # multiplies the encoder search's step size (models/encoder_search.py)
 
 
 def shipped_models() -> dict[int, Level]:
@@ -53,7 +53,7 @@ def default_quality() -> int:
     return quality
 
 
-def model_id(model: DQCodec) -> bytes:
+def model_id(model: DQModel) -> bytes:
     """8 bytes identifying the weights: SHA-256 over every tensor, in name order."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
@@ -80,7 +80,7 @@ def _dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return flat.reshape(q.shape)
 
 
-def _stored_tensors(model: DQCodec, precision: str) -> dict[str, torch.Tensor]:
+def _stored_tensors(model: DQModel, precision: str) -> dict[str, torch.Tensor]:
     state = {}
     for name, value in model.state_dict().items():
         if not value.is_floating_point() or precision == "fp32":
@@ -105,14 +105,14 @@ def _float_state(stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_model(model: DQCodec, path: Path, precision: str = "fp16", calibration: dict | None = None) -> None:
+def save_model(model: DQModel, path: Path, precision: str = "fp16", calibration: dict | None = None) -> None:
     """Weights only; fp16 and int8 (per-channel, convolution weights only) are cast back to
     fp32 on load. The integer prior's calibration goes into the metadata (default: calibrated
     on synthesized codes now), so every machine derives the same integer prior."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}")
     if calibration is None:
-        from .calibration import calibrate_synthesized
+        from dqcodec.entropy_models.calibration import calibrate_synthesized
 
         calibration = calibrate_synthesized(model)
     meta = {"format": "dqcodec", "config": model.config.to_json(), "precision": precision,
@@ -145,7 +145,7 @@ def read_calibration(path: Path) -> dict | None:
     return calibration
 
 
-def read_model_file(path: Path) -> DQCodec:
+def read_model_file(path: Path) -> DQModel:
     """Load a safetensors model file; anything else (a pickle, say) is refused unread."""
     path = Path(path)
     if not path.is_file():
@@ -159,7 +159,7 @@ def read_model_file(path: Path) -> DQCodec:
     if meta.get("format") != "dqcodec" or "config" not in meta:
         raise ModelError(f"{path} is a safetensors file but not a dqcodec model")
     try:
-        model = DQCodec(ModelConfig.from_json(meta["config"]))
+        model = DQModel(ModelConfig.from_json(meta["config"]))
         model.load_state_dict(_float_state(state))
     except (RuntimeError, TypeError, ValueError, KeyError, json.JSONDecodeError) as exc:
         raise ModelError(f"{path}: weights do not match their config ({exc})") from None

@@ -4,14 +4,14 @@ from dqcodec.testing import photo, tiny_model  # noqa: F401  (tests import them 
 from dqcodec.zoo import save_model
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
     save_model(tiny_model(0), path)
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def other_model_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "other.safetensors"
     save_model(tiny_model(1), path)

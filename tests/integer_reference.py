@@ -2,7 +2,7 @@
 
 It reads the integers an IntegerModel holds (weights, biases, multipliers, tables) and
 recomputes every pass's frequency table with NumPy's integer arithmetic only (no BLAS, no
-torch kernel), written from the description in dqcodec/integer_prior.py rather than from its
+torch kernel), written from the description in dqcodec/entropy_models/integer_prior.py rather than from its
 code: direct sums over kernel taps, explicit zero insertion for transposed convolutions.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dqcodec.prior import checkerboard, pass_schedule
+from dqcodec.entropy_models.prior import checkerboard, pass_schedule
 
 
 def _i64(t) -> np.ndarray:

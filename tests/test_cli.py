@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dqcodec.cli import main
-from dqcodec.metrics import psnr
+from dqcodec.evaluation.metrics import psnr
 
 from conftest import photo
 
@@ -78,13 +78,13 @@ def test_decoding_ignores_thread_count(tmp_path):
 
     import torch
 
-    from dqcodec.model import DQCodec
+    from dqcodec.models.dq import DQModel
     from dqcodec.testing import TINY
     from dqcodec.zoo import save_model
 
     torch.manual_seed(0)
     model_file = tmp_path / "wide.safetensors"
-    save_model(DQCodec(dataclasses.replace(TINY, width=128, prior_width=128)), model_file)
+    save_model(DQModel(dataclasses.replace(TINY, width=128, prior_width=128)), model_file)
     src = tmp_path / "in.png"
     photo(256, 192, 7).save(src)
     torch.set_num_threads(2)
@@ -215,7 +215,7 @@ def test_train_for_a_wall_time_budget(tmp_path, training_photos):
 def test_a_run_split_by_stop_after_resumes_the_same_schedule(tmp_path, training_photos, monkeypatch):
     import torch
 
-    from dqcodec import training
+    from dqcodec.training import trainer as training
 
     monkeypatch.setattr(training, "steps_within", lambda *a: 40)
     out = tmp_path / "run"
@@ -236,7 +236,7 @@ def test_a_run_split_by_stop_after_resumes_the_same_schedule(tmp_path, training_
 
 
 def test_steps_within_a_budget_follow_the_stage_times(monkeypatch):
-    from dqcodec import training
+    from dqcodec.training import trainer as training
 
     monkeypatch.setattr(training, "seconds_per_step", lambda model, stage, *a: stage.crop / 512)
     opts = training.TrainOptions(data=Path("."), out=Path("."),

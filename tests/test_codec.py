@@ -6,7 +6,7 @@ from PIL import Image
 from dqcodec.codec import Codec, load_codec
 from dqcodec.container import DQFile
 from dqcodec.errors import DQError
-from dqcodec.model import pad_to_stride
+from dqcodec.models.dq import pad_to_stride
 from dqcodec.image_io import to_tensor
 
 from conftest import photo, tiny_model
@@ -89,7 +89,7 @@ def test_load_codec_refuses_pickle(tmp_path):
 
 def test_row_blocks_give_the_same_codes(codec, monkeypatch):
     """Large latents are coded a block of rows at a time; the chosen codes do not change."""
-    import dqcodec.latent_codec as latent_codec
+    import dqcodec.latent_codecs.latent_codec as latent_codec
 
     image = photo(200, 150, 6)
     whole = codec.decode(codec.encode(image))
@@ -102,7 +102,7 @@ def test_row_blocks_give_the_same_codes(codec, monkeypatch):
 def test_training_rate_matches_coded_information(codec, monkeypatch):
     """Training computes each level's logits in one block; coding cuts them into row
     blocks. Both choose the same codes and count the same information."""
-    import dqcodec.latent_codec as latent_codec
+    import dqcodec.latent_codecs.latent_codec as latent_codec
 
     monkeypatch.setattr(latent_codec, "LOGIT_BUDGET", 1 << 10)
     assert len(codec.model.bottom._row_blocks(1, 8, 8)) > 1

@@ -1,35 +1,78 @@
-"""Kodak download and data set resolution, against a local HTTP server (no internet)."""
+"""Kodak download and data set resolution, against a local HTTP server (no internet).
+
+The test makes its own "Kodak set": 24 small PNG files named like the real ones, whose SHA-256
+digests replace dqcodec.evaluation.datasets.KODAK_SHA256 for the test, so the download,
+verification and cache code runs unchanged on any machine. Any request to a host other than
+127.0.0.1 fails the test.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import http.server
+import re
 import shutil
 import threading
+import urllib.request
 from functools import partial
 from pathlib import Path
 
 import pytest
 
-from dqcodec.datasets import (
-    KODAK_SHA256,
+from dqcodec.evaluation import datasets
+from dqcodec.evaluation.datasets import (
     DatasetError,
     default_cache_dir,
     kodak_dir,
     resolve_dataset,
 )
 from dqcodec.errors import DQError
+from dqcodec.testing import photo
 
-SOURCE = Path("/work/shared/data/kodak")
-
-pytestmark = pytest.mark.skipif(
-    not all((SOURCE / name).is_file() for name in KODAK_SHA256),
-    reason=f"Kodak images not available under {SOURCE}",
-)
+NAMES = [f"kodim{i:02d}.png" for i in range(1, 25)]
+# read before any test replaces them
+SHIPPED_SHA256 = dict(datasets.KODAK_SHA256)
+SHIPPED_URL = datasets.KODAK_URL
 
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 small, distinct PNG images named like the Kodak files."""
+    folder = tmp_path_factory.mktemp("kodak-source")
+    for i, name in enumerate(NAMES):
+        photo(24 + i, 16, seed=i).save(folder / name)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def kodak(source: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The checksums of the test's images stand in for the real ones; no request leaves 127.0.0.1."""
+    digests = {name: sha256(source / name) for name in NAMES}
+    assert len(set(digests.values())) == len(NAMES)
+    monkeypatch.setattr(datasets, "KODAK_SHA256", digests)
+    real_urlopen = urllib.request.urlopen
+
+    def local_only(url, *args, **kwargs):
+        target = url if isinstance(url, str) else url.full_url
+        assert target.startswith("http://127.0.0.1:"), f"the test tried to reach {target}"
+        return real_urlopen(url, *args, **kwargs)
+
+    monkeypatch.setattr(urllib.request, "urlopen", local_only)
+    return digests
+
+
+def test_shipped_checksum_table() -> None:
+    """The real table, as the module defines it: 24 files in order, distinct SHA-256 digests."""
+    assert list(SHIPPED_SHA256) == NAMES
+    assert all(re.fullmatch(r"[0-9a-f]{64}", digest) for digest in SHIPPED_SHA256.values())
+    assert len(set(SHIPPED_SHA256.values())) == 24
+    assert SHIPPED_SHA256["kodim01.png"] == "a56e27cbf5f843c048b6af1d6e090760e9c92fadba88b7dee0205918a37523bd"
+    assert SHIPPED_SHA256["kodim24.png"] == "1071c68372cc5a01435c2c225a5cf7d4bb803846ec08bb6b3d6721b156d7cb96"
+    assert SHIPPED_URL == "http://r0k.us/graphics/kodak/kodak/"
 
 
 class Server:
@@ -84,60 +127,80 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root / "kodak"
 
 
-def publish(serve_root: Path, names=None) -> None:
-    for name in names if names is not None else KODAK_SHA256:
-        (serve_root / name).symlink_to(SOURCE / name)
+def publish(serve_root: Path, source: Path, names=None) -> None:
+    for name in names if names is not None else NAMES:
+        shutil.copyfile(source / name, serve_root / name)
 
 
-def assert_complete(folder: Path) -> None:
-    assert sorted(p.name for p in folder.iterdir()) == sorted(KODAK_SHA256)
-    for name, digest in KODAK_SHA256.items():
-        assert sha256(folder / name) == digest, name
+def assert_complete(folder: Path, source: Path) -> None:
+    """Exactly the 24 files (no temporary file left), each byte-identical to the source."""
+    assert sorted(p.name for p in folder.iterdir()) == NAMES
+    for name in NAMES:
+        assert (folder / name).read_bytes() == (source / name).read_bytes(), name
 
 
-def test_download_into_empty_cache(server: Server, serve_root: Path, cache: Path) -> None:
-    publish(serve_root)
+def fill(cache: Path, source: Path, names=None) -> None:
+    cache.mkdir(parents=True, exist_ok=True)
+    for name in names if names is not None else NAMES:
+        shutil.copyfile(source / name, cache / name)
+
+
+def test_download_into_empty_cache(server: Server, serve_root: Path, source: Path, cache: Path) -> None:
+    publish(serve_root, source)
     folder = kodak_dir(base_url=server.url, progress=False)
     assert folder == cache
-    assert_complete(folder)
-    assert sorted(server.requests) == sorted(f"/kodak/{name}" for name in KODAK_SHA256)
+    assert_complete(folder, source)
+    assert sorted(server.requests) == [f"/kodak/{name}" for name in NAMES]
 
 
-def test_second_call_downloads_nothing(server: Server, serve_root: Path, cache: Path) -> None:
-    publish(serve_root)
+def test_second_call_downloads_nothing(server: Server, serve_root: Path, source: Path, cache: Path) -> None:
+    publish(serve_root, source)
     kodak_dir(base_url=server.url, progress=False)
     server.requests.clear()
     assert kodak_dir(base_url=server.url, progress=False) == cache
     assert server.requests == []
-    assert_complete(cache)
+    assert_complete(cache, source)
 
 
-def test_corrupted_file_is_downloaded_again(server: Server, serve_root: Path, cache: Path) -> None:
-    publish(serve_root)
-    cache.mkdir(parents=True)
-    for name in KODAK_SHA256:
-        shutil.copyfile(SOURCE / name, cache / name)
+def test_corrupted_file_is_downloaded_again(server: Server, serve_root: Path, source: Path,
+                                            cache: Path) -> None:
+    publish(serve_root, source)
+    fill(cache, source)
     (cache / "kodim07.png").write_bytes(b"not a png")
     (cache / "kodim11.png").unlink()
     kodak_dir(base_url=server.url, progress=False)
     assert sorted(server.requests) == ["/kodak/kodim07.png", "/kodak/kodim11.png"]
-    assert_complete(cache)
+    assert_complete(cache, source)
 
 
-def test_wrong_file_raises_and_leaves_nothing(server: Server, serve_root: Path, cache: Path) -> None:
-    cache.mkdir(parents=True)
-    for name in KODAK_SHA256:
-        if name != "kodim05.png":
-            shutil.copyfile(SOURCE / name, cache / name)
-    publish(serve_root, [n for n in KODAK_SHA256 if n != "kodim05.png"])
-    (serve_root / "kodim05.png").symlink_to(SOURCE / "kodim06.png")
+def test_wrong_file_raises_and_leaves_nothing(server: Server, serve_root: Path, source: Path,
+                                              cache: Path, kodak: dict[str, str]) -> None:
+    others = [n for n in NAMES if n != "kodim05.png"]
+    fill(cache, source, others)
+    publish(serve_root, source, others)
+    shutil.copyfile(source / "kodim06.png", serve_root / "kodim05.png")  # a valid PNG, the wrong one
     with pytest.raises(DatasetError) as info:
         kodak_dir(base_url=server.url, progress=False)
     message = str(info.value)
+    assert "checksum mismatch" in message
     assert "kodim05.png" in message and server.url + "kodim05.png" in message
+    assert kodak["kodim05.png"] in message and kodak["kodim06.png"] in message  # expected, got
     assert "\n" not in message
     assert server.requests == ["/kodak/kodim05.png"]
-    assert sorted(p.name for p in cache.iterdir()) == sorted(n for n in KODAK_SHA256 if n != "kodim05.png")
+    # the rejected download was neither put in place nor left behind as a temporary file
+    assert sorted(p.name for p in cache.iterdir()) == others
+
+
+def test_checksum_is_checked_against_the_table(server: Server, serve_root: Path, source: Path,
+                                               cache: Path, monkeypatch: pytest.MonkeyPatch,
+                                               kodak: dict[str, str]) -> None:
+    """The same bytes are refused once the table expects other ones."""
+    publish(serve_root, source)
+    monkeypatch.setitem(kodak, "kodim03.png", "0" * 64)
+    with pytest.raises(DatasetError, match="checksum mismatch for kodim03.png"):
+        kodak_dir(base_url=server.url, progress=False)
+    assert server.requests == ["/kodak/kodim01.png", "/kodak/kodim02.png", "/kodak/kodim03.png"]
+    assert sorted(p.name for p in cache.iterdir()) == ["kodim01.png", "kodim02.png"]
 
 
 def test_http_404_raises(server: Server, cache: Path) -> None:
@@ -175,9 +238,15 @@ def test_truncated_response_raises(cache: Path) -> None:
     assert list(cache.iterdir()) == []
 
 
-def test_no_download_when_disabled(cache: Path) -> None:
-    with pytest.raises(DatasetError, match="missing"):
+def test_no_download_when_disabled(source: Path, cache: Path) -> None:
+    with pytest.raises(DatasetError, match="24 of 24 Kodak images missing"):
         kodak_dir(download=False, progress=False)
+    fill(cache, source)
+    assert kodak_dir(download=False, progress=False) == cache
+    (cache / "kodim24.png").write_bytes(b"corrupt")
+    with pytest.raises(DatasetError, match="1 of 24 Kodak images missing or corrupt .*kodim24.png"):
+        kodak_dir(download=False, progress=False)
+    assert (cache / "kodim24.png").read_bytes() == b"corrupt"  # nothing touched
 
 
 def test_default_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -191,10 +260,8 @@ def test_default_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "dqcodec"
 
 
-def test_resolve_kodak_from_cache(cache: Path) -> None:
-    cache.mkdir(parents=True)
-    for name in KODAK_SHA256:
-        shutil.copyfile(SOURCE / name, cache / name)
+def test_resolve_kodak_from_cache(source: Path, cache: Path) -> None:
+    fill(cache, source)
     paths = resolve_dataset("kodak", None)  # everything cached: no network needed
     assert paths == [cache / f"kodim{i:02d}.png" for i in range(1, 25)]
 

@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dqcodec.calibration import calibrate_synthesized
+from dqcodec.entropy_models.calibration import calibrate_synthesized
 from dqcodec.codec import Codec, load_codec
 from dqcodec.container import DQFile
 from dqcodec.errors import DQError
-from dqcodec.fixed_point import Format, erf64, exp64, int_conv, plane_values, planes
-from dqcodec.integer_prior import EXP_TABLE, UNIFORM8, derive, frequency_table
-from dqcodec.model import _integer_level, pad_to_stride
+from dqcodec.layers.fixed_point import Format, erf64, exp64, int_conv, plane_values, planes
+from dqcodec.entropy_models.integer_prior import EXP_TABLE, UNIFORM8, derive, frequency_table
+from dqcodec.models.dq import _integer_level, pad_to_stride
 from dqcodec.image_io import to_tensor
 from dqcodec.testing import TINY, photo, tiny_model, tiny_variable_rate_model
 

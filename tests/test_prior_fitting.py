@@ -7,7 +7,7 @@ from dqcodec.codec import Codec
 from dqcodec.errors import DQError
 from dqcodec.image_io import to_tensor
 from dqcodec.testing import photo, tiny_variable_rate_model
-from dqcodec.training import deepened_prior
+from dqcodec.training.trainer import deepened_prior
 from dqcodec.zoo import read_model_file, save_model
 
 from dqcodec.cli import main
@@ -97,8 +97,8 @@ def test_fit_prior_refuses_a_window_no_wider_than_the_priors_view(tmp_path, trai
 
 
 def test_window_positions_count_only_where_they_see_the_whole_photo():
-    from dqcodec.config import ModelConfig
-    from dqcodec.prior_fitting import context_radius, window_weights
+    from dqcodec.models.config import ModelConfig
+    from dqcodec.training.prior_fitting import context_radius, window_weights
 
     assert context_radius(ModelConfig(prior_kernel=3, prior_blocks=1)) == 4
     assert context_radius(ModelConfig()) == 2
@@ -113,7 +113,7 @@ def test_window_positions_count_only_where_they_see_the_whole_photo():
 def test_window_bits_match_the_whole_photo_where_they_count():
     """The prior's bits at a weighted-in position of a window equal that position's bits in
     the whole photo (the reason for the weights)."""
-    from dqcodec.prior_fitting import context_radius, window_weights
+    from dqcodec.training.prior_fitting import context_radius, window_weights
 
     model = deepened_prior(tiny_variable_rate_model(3), kernel=3, blocks=1)
     with torch.no_grad():  # make the new layers matter
@@ -147,7 +147,7 @@ def test_window_bits_match_the_whole_photo_where_they_count():
 @pytest.mark.parametrize("held_out, written", [((1.0, 2.0), False), ((1.0, 0.5), True)])
 def test_fit_prior_writes_best_only_when_it_beats_the_start(tmp_path, training_photos, variable_rate_file,
                                                             monkeypatch, held_out, written):
-    from dqcodec import prior_fitting
+    from dqcodec.training import prior_fitting
 
     rates = iter(held_out)  # the start's validation, then step 10's
     monkeypatch.setattr(prior_fitting, "validation_bpp", lambda model, photos: [next(rates)] * 3)
@@ -161,7 +161,7 @@ def test_fit_prior_writes_best_only_when_it_beats_the_start(tmp_path, training_p
 
 
 def _fit_options(tmp_path, photos, init, codes_file, out="fit"):
-    from dqcodec.prior_fitting import PriorFitOptions
+    from dqcodec.training.prior_fitting import PriorFitOptions
 
     return PriorFitOptions(data=photos, out=tmp_path / out, init=init, steps=2, val_every=2,
                            val_count=2, window=12, codes_file=codes_file)
@@ -169,7 +169,7 @@ def _fit_options(tmp_path, photos, init, codes_file, out="fit"):
 
 def test_saved_codes_are_read_back_instead_of_assigned_again(tmp_path, training_photos, variable_rate_file,
                                                              monkeypatch):
-    from dqcodec import prior_fitting
+    from dqcodec.training import prior_fitting
 
     codes_file = tmp_path / "codes.safetensors"
     first = []
@@ -193,7 +193,7 @@ def test_saved_codes_are_read_back_instead_of_assigned_again(tmp_path, training_
 @pytest.mark.parametrize("spoil", ["other weights", "other photos", "not a codes file"])
 def test_codes_of_other_weights_or_photos_are_assigned_again(tmp_path, training_photos, variable_rate_file,
                                                              spoil):
-    from dqcodec import prior_fitting
+    from dqcodec.training import prior_fitting
 
     codes_file = tmp_path / "codes.safetensors"
     init = variable_rate_file

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from dqcodec.prior import CodePrior
-from dqcodec.quantizer import DepthwiseQuantizer
+from dqcodec.entropy_models.prior import CodePrior
+from dqcodec.latent_codecs.quantizer import DepthwiseQuantizer
 
 
 @pytest.mark.parametrize("weight", [0.0, 0.3, 2.0])

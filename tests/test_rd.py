@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dqcodec.baselines import available_codecs, evaluate_baseline
-from dqcodec.rd import bd_rate, bd_table, load_published, plot_rd, psnr_at
+from dqcodec.evaluation.classic_codecs import available_codecs, evaluate_baseline
+from dqcodec.evaluation.rd import bd_rate, bd_table, load_published, plot_rd, psnr_at
 
 # A realistic curve (Kodak JPEG means from shared/anchors): (bpp, psnr)
 CURVE = [(0.221, 23.85), (0.327, 26.67), (0.423, 28.14), (0.508, 29.14), (0.660, 30.49),
@@ -102,7 +102,8 @@ def test_evaluate_baseline_jpeg_real_bitstream(small_images):
     settings = [10, 50, 90]
     points = evaluate_baseline("jpeg", small_images, progress=False, settings=settings)
     assert [p["setting"] for p in points] == settings
-    assert set(points[0]) == {"setting", "bpp", "psnr", "ms_ssim", "encode_s", "decode_s"}
+    assert set(points[0]) == {"setting", "bpp", "psnr", "ms_ssim", "encode_s", "decode_s", "entropy_bpp"}
+    assert all(p["entropy_bpp"] is None for p in points)  # no model cross-entropy for JPEG
 
     # independent recomputation of bpp and PSNR at quality 50
     bpps, psnrs = [], []

@@ -10,9 +10,9 @@ from dqcodec.cli import main
 from dqcodec.codec import Codec, load_codec
 from dqcodec.errors import DQError
 from dqcodec.image_io import to_tensor
-from dqcodec.metrics import psnr
-from dqcodec.model import pad_to_stride
-from dqcodec.refinement import DEFAULT_EFFORT, EFFORTS, Search, refine_features, windows
+from dqcodec.evaluation.metrics import psnr
+from dqcodec.models.dq import pad_to_stride
+from dqcodec.models.encoder_search import DEFAULT_EFFORT, EFFORTS, Search, refine_features, windows
 
 from conftest import photo, tiny_model
 
@@ -46,7 +46,7 @@ def _distortion(model, x, features, point=0):
 @pytest.mark.parametrize("window", [48, 4])  # one window; many windows with margins
 @pytest.mark.parametrize("bf16", [True, False])
 def test_refinement_lowers_the_distortion_of_the_assigned_codes(window, bf16, monkeypatch):
-    monkeypatch.setattr("dqcodec.refinement.bf16_supported", lambda device: bf16)
+    monkeypatch.setattr("dqcodec.models.encoder_search.bf16_supported", lambda device: bf16)
     model = tiny_model(0)
     x = pad_to_stride(to_tensor(photo(128, 128, 7)), 64)
     features = model.analyse_image(x)
@@ -104,7 +104,7 @@ def test_unknown_effort_is_refused():
 def test_effort_raises_quality_with_the_shipped_model(effort, gain, bf16, monkeypatch):
     """The point of the search, on a real photo with the trained default level: a crop of
     the bundled sample, so that the test stays fast."""
-    monkeypatch.setattr("dqcodec.refinement.bf16_supported", lambda device: bf16)
+    monkeypatch.setattr("dqcodec.models.encoder_search.bf16_supported", lambda device: bf16)
     image = Image.open(SAMPLE).convert("RGB").crop((0, 0, 256, 192))
     codec = load_codec()
     plain, searched = (codec.decode(codec.encode(image, e)) for e in (0, effort))

@@ -1,4 +1,4 @@
-"""Tiled analysis/synthesis against the untiled transforms of a random-weight DQCodec.
+"""Tiled analysis/synthesis against the untiled transforms of a random-weight DQModel.
 
 With the overlap at least the transforms' receptive field (2 latents for g_s, 32 pixels for
 g_a) the tiled result equals the untiled one up to float rounding: measured max |diff| = 0
@@ -6,15 +6,14 @@ with one thread and <= 3.6e-7 with two (output scale ~0.5), i.e. PSNR > 150 dB. 
 below (1e-5) leaves room for other convolution kernels; one overlap step less is off by ~0.1.
 """
 
-import dataclasses
 import math
 
 import pytest
 import torch
 
-from dqcodec.config import ModelConfig
-from dqcodec.model import DQCodec
-from dqcodec.tiling import (receptive_radius, required_overlap, tile_spans, tiled_analysis,
+from dqcodec.models.config import ModelConfig
+from dqcodec.models.dq import DQModel
+from dqcodec.models.tiling import (receptive_radius, required_overlap, tile_spans, tiled_analysis,
                             tiled_synthesis)
 
 BOUND = 1e-5
@@ -23,7 +22,7 @@ BOUND = 1e-5
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return DQCodec().eval()  # default config, random weights
+    return DQModel().eval()  # default config, random weights
 
 
 def smooth_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -51,7 +50,20 @@ def test_tile_spans_partition():
                 assert all(0 < b - a <= tile for a, b in cores)
                 assert all(max(0, a - overlap) == s and min(length, b + overlap) == e
                            for s, e, a, b in spans)
-                assert spans == tile_spans(length, tile, overlap)  # depends only on the shape
+                assert len(cores) == -(-length // tile)  # as few tiles as `tile` allows
+                sizes = [b - a for a, b in cores]
+                assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+
+
+def test_tile_spans_examples():
+    # 10 = 4 + 3 + 3 (near-equal cores, the longer first), each widened by 2 and clipped
+    assert tile_spans(10, 4, 2) == [(0, 6, 0, 4), (2, 9, 4, 7), (5, 10, 7, 10)]
+    assert tile_spans(9, 4, 0) == [(0, 3, 0, 3), (3, 6, 3, 6), (6, 9, 6, 9)]
+    assert tile_spans(5, 32, 4) == [(0, 5, 0, 5)]
+    assert tile_spans(0, 4, 2) == []
+    for tile, overlap in ((0, 2), (4, -1)):
+        with pytest.raises(ValueError):
+            tile_spans(10, tile, overlap)
 
 
 def test_synthesis_tiled_matches_untiled(model):
@@ -129,13 +141,11 @@ def test_analysis_rejects_off_grid_tiles(model):
         tiled_analysis(model.g_a, torch.zeros(1, 3, 64, 64), tile=40, overlap=16)
 
 
-@pytest.mark.skipif("linear_skip" not in {f.name for f in dataclasses.fields(ModelConfig)},
-                    reason="no linear_skip option in this ModelConfig")
 def test_tiled_model_transforms_with_linear_skip():
-    """The model's full transforms (DQCodec.analyse / synthesise, with the block-linear skip
+    """The model's full transforms (DQModel.analyse / synthesise, with the block-linear skip
     paths) tile exactly too: the skips are stride-16 patch (de)convolutions on the grid."""
     torch.manual_seed(0)
-    model = DQCodec(ModelConfig(linear_skip=True)).eval()
+    model = DQModel(ModelConfig(linear_skip=True)).eval()
     stride = model.config.bottom_stride
     assert required_overlap(model.skip_s) <= _default(tiled_synthesis, "overlap")
     assert required_overlap(model.skip_a, stride) <= _default(tiled_analysis, "overlap")

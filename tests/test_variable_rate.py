@@ -9,10 +9,10 @@ import torch
 from dqcodec.codec import Codec, load_codec
 from dqcodec.container import DQFile
 from dqcodec.errors import DQError
-from dqcodec.model import DQCodec
+from dqcodec.models.dq import DQModel
 from dqcodec.image_io import to_tensor
-from dqcodec.model import pad_to_stride
-from dqcodec.training import TrainOptions, initialised_model, parse_lambdas, single_rate_model
+from dqcodec.models.dq import pad_to_stride
+from dqcodec.training.trainer import TrainOptions, initialised_model, parse_lambdas, single_rate_model
 from dqcodec.testing import tiny_model, tiny_variable_rate_model
 from dqcodec.zoo import read_model_file, save_model
 
@@ -165,7 +165,7 @@ def test_cli_rate_point_needs_a_model_file(tmp_path):
 
 
 def test_bf16_training_precision_is_resolved_or_refused():
-    from dqcodec.training import resolve_autocast
+    from dqcodec.training.trainer import resolve_autocast
 
     assert resolve_autocast("fp32", torch.device("cpu")) is False
     assert resolve_autocast("bf16", torch.device("cpu")) is True
@@ -174,7 +174,7 @@ def test_bf16_training_precision_is_resolved_or_refused():
 
 
 def test_training_leaves_the_gains_where_they_start(tmp_path, training_photos):
-    from dqcodec.training import model_from_checkpoint, train
+    from dqcodec.training.trainer import model_from_checkpoint, train
     from dqcodec.testing import TINY
 
     config = dataclasses.replace(TINY, lambdas=(0.001, 0.016))
@@ -182,7 +182,7 @@ def test_training_leaves_the_gains_where_they_start(tmp_path, training_photos):
                         warmup=1, val_every=3, checkpoint_every=3)
     train(opts, log=lambda m: None)
     trained = model_from_checkpoint(tmp_path / "run" / "best.pt")
-    fresh = DQCodec(config)
+    fresh = DQModel(config)
     assert torch.equal(trained.bottom_gain, fresh.bottom_gain)
     assert torch.allclose(fresh.bottom_gain.exp()[0], torch.full((8,), 0.5))  # (1/16)^(1/4)
     assert not torch.equal(trained.bottom.prior.point_embedding, fresh.bottom.prior.point_embedding)

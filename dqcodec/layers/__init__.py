@@ -1,7 +1,7 @@
 """Network layers of the codec: GDN, strided convolutions, and the integer arithmetic of the
 integer prior."""
 
-from .convolutions import SubpixelDeconv, conv, deconv
-from .gdn import GDN
+from dqcodec.layers.convolutions import SubpixelDeconv, conv, deconv
+from dqcodec.layers.gdn import GDN
 
 __all__ = ["GDN", "SubpixelDeconv", "conv", "deconv"]

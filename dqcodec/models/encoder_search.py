@@ -15,7 +15,7 @@ depends on it, never what a decoder computes.
 What is descended is the distortion alone. The codes stay rate-aware (each step reassigns
 them with the model's entropy-constrained assignment), and few steps keep the features
 near the encoder's answer; adding the prior's bits to the loss, or more steps, measured
-worse (docs/encoder_search.md).
+worse (docs/design_notes.md, encoder search).
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import DQError
-from .hardware import bf16_supported
-from .model import DQCodec
-from .options import DEFAULT_EFFORT, EFFORT_LEVELS  # noqa: F401  (DEFAULT_EFFORT re-exported)
-from .tiling import tile_spans
+from dqcodec.errors import DQError
+from dqcodec.hardware import bf16_supported
+from dqcodec.models.dq import DQModel
+from dqcodec.options import DEFAULT_EFFORT, EFFORT_LEVELS  # noqa: F401  (DEFAULT_EFFORT re-exported)
+from dqcodec.models.tiling import tile_spans
 
 
 class Search(NamedTuple):
@@ -38,13 +38,13 @@ class Search(NamedTuple):
     lr: float  # on features whose typical magnitude is ~1
 
 
-# BD-rate against effort 0, levels 4-9 on the 16 held-out photos (docs/encoder_search.md): one
+# BD-rate against effort 0, levels 4-9 on the 16 held-out photos (docs/design_notes.md): one
 # step at 0.12 -7.1% (Adam's first step moves every feature by lr along the sign of its
 # gradient); three steps at 0.05 -9.2% for three times the search; longer searches raise the rate.
 # The single-rate levels 1-3 search at 0.667 of these steps (search_scale in models/zoo.json).
 EFFORTS = (Search(0, 0.0), Search(1, 0.12), Search(3, 0.05))
 # The default encoder must stay within the Kodak speed targets of docs/performance.md (at most
-# 0.5 s and 1.5x the hyperprior's encoding time); one step fits since session 13.
+# 0.5 s and 1.5x the hyperprior's encoding time); one step fits, three do not.
 assert len(EFFORTS) == EFFORT_LEVELS
 WINDOW = 48  # features (768 px) per window side: bounds the memory of the backward pass
 MARGIN = 4  # features of context around each window (one top-level position)
@@ -56,7 +56,7 @@ def search_for(effort: int) -> Search:
     return EFFORTS[effort]
 
 
-def encoder_features(model: DQCodec, x: Tensor, point: int, effort: int,
+def encoder_features(model: DQModel, x: Tensor, point: int, effort: int,
                      rate_weight: float | None = None, size: tuple[int, int] | None = None,
                      step_scale: float = 1.0) -> Tensor:
     """The features `model.compress` codes for the padded image x at this effort; a quality
@@ -70,7 +70,7 @@ def encoder_features(model: DQCodec, x: Tensor, point: int, effort: int,
     return refine_features(model, x, features, point, scaled, rate_weight, size)
 
 
-def refine_features(model: DQCodec, x: Tensor, features: Tensor, point: int, search: Search,
+def refine_features(model: DQModel, x: Tensor, features: Tensor, point: int, search: Search,
                     rate_weight: float | None = None, size: tuple[int, int] | None = None,
                     window: int = WINDOW, margin: int = MARGIN) -> Tensor:
     """Refined copy of `features` (1, N, h, w) = model.analyse_image(x) for the padded
@@ -102,7 +102,7 @@ def windows(shape: tuple[int, int], align: int, window: int, margin: int):
     return [(r, c) for r in spans(shape[0]) for c in spans(shape[1])]
 
 
-def _descend(model: DQCodec, target: Tensor, start: Tensor, point: int, search: Search,
+def _descend(model: DQModel, target: Tensor, start: Tensor, point: int, search: Search,
              rate_weight: float | None) -> Tensor:
     """Adam on the features of one window; `target` may stop short of the window's padded
     extent at the image's bottom/right border."""

@@ -7,11 +7,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import ModelConfig
-from .integer_prior import IntegerModel
-from .latent_codec import DQLatentCodec
-from .layers import GDN, SubpixelDeconv, conv, deconv
-from .tiling import tiled_analysis, tiled_synthesis
+from dqcodec.models.config import ModelConfig
+from dqcodec.entropy_models.integer_prior import IntegerModel
+from dqcodec.latent_codecs.latent_codec import DQLatentCodec
+from dqcodec.layers import GDN, SubpixelDeconv, conv, deconv
+from dqcodec.models.tiling import tiled_analysis, tiled_synthesis
 
 
 def analysis(width: int) -> nn.Sequential:
@@ -34,7 +34,7 @@ def synthesis(in_channels: int, width: int) -> nn.Sequential:
     )
 
 
-class DQCodec(nn.Module):
+class DQModel(nn.Module):
     """Top level at stride 64 is coded first; its decoded features condition the bottom
     level's encoder, prior and the image decoder."""
 

@@ -12,9 +12,6 @@ chosen so that its curve spans roughly 0.1–1.6 bpp on Kodak-like photographs (
 from __future__ import annotations
 
 import io
-import math
-import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import DQError
-from .image_io import open_image
-from .metrics import bits_per_pixel, ms_ssim, psnr
+from dqcodec.errors import DQError
+from dqcodec.evaluation.evaluate import Encoded, curve_point, evaluate
 
 Setting = float  # quality (jpeg, webp, avif, heic) or butteraugli distance (jxl)
 
@@ -34,8 +30,9 @@ class BaselineError(DQError):
 
 
 @dataclass(frozen=True)
-class Codec:
-    """One classic codec: ``run(image, setting) -> (num_bytes, decoded, encode_s, decode_s)``."""
+class ClassicCodec:
+    """One classic codec and the settings that span its curve; `at(setting)` is a coder for
+    the evaluation loop."""
 
     name: str
     description: str
@@ -45,22 +42,22 @@ class Codec:
     decode: Callable[[bytes], Image.Image]
     probe: Callable[[], str | None]  # None when usable, else a one-line reason
 
-    def run(self, image: Image.Image, setting: Setting) -> tuple[int, Image.Image, float, float]:
-        image = image if image.mode == "RGB" else image.convert("RGB")
-        start = time.perf_counter()
-        data = self.encode(image, setting)
-        encode_s = time.perf_counter() - start
-        start = time.perf_counter()
-        decoded = self.decode(data)
-        decode_s = time.perf_counter() - start
-        if decoded.mode != "RGB":
-            decoded = decoded.convert("RGB")
-        if decoded.size != image.size:
-            raise BaselineError(
-                f"{self.name} at {self.setting_name}={setting}: decoded size {decoded.size} "
-                f"differs from the input's {image.size}"
-            )
-        return len(data), decoded, encode_s, decode_s
+    def at(self, setting: Setting) -> ClassicCoder:
+        return ClassicCoder(self, setting)
+
+
+@dataclass(frozen=True)
+class ClassicCoder:
+    """A classic codec at one setting, on 8-bit RGB."""
+
+    codec: ClassicCodec
+    setting: Setting
+
+    def encode(self, image: Image.Image) -> Encoded:
+        return Encoded(self.codec.encode(image.convert("RGB"), self.setting))
+
+    def decode(self, data: bytes) -> Image.Image:
+        return self.codec.decode(data).convert("RGB")
 
 
 # --------------------------------------------------------------------------- Pillow codecs
@@ -165,8 +162,8 @@ def _jxl_decode(data: bytes) -> Image.Image:
 
 # Settings from shared/anchors/kodak_pillow_codecs.json (Kodak means): each list starts near or
 # below 0.2 bpp and ends just past 1.6 bpp, so interpolation and BD-rate cover 0.1/0.2–1.6 bpp.
-CODECS: dict[str, Codec] = {
-    "jpeg": Codec(
+CODECS: dict[str, ClassicCodec] = {
+    "jpeg": ClassicCodec(
         "jpeg",
         "JPEG (Pillow/libjpeg), 4:2:0",
         "quality",
@@ -175,7 +172,7 @@ CODECS: dict[str, Codec] = {
         _pillow_decode,
         _pillow_probe(None),
     ),
-    "jpeg444": Codec(
+    "jpeg444": ClassicCodec(
         "jpeg444",
         "JPEG (Pillow/libjpeg), 4:4:4",
         "quality",
@@ -184,7 +181,7 @@ CODECS: dict[str, Codec] = {
         _pillow_decode,
         _pillow_probe(None),
     ),
-    "webp": Codec(
+    "webp": ClassicCodec(
         "webp",
         "WebP (Pillow/libwebp), method 6",
         "quality",
@@ -193,7 +190,7 @@ CODECS: dict[str, Codec] = {
         _pillow_decode,
         _pillow_probe("webp"),
     ),
-    "avif": Codec(
+    "avif": ClassicCodec(
         "avif",
         "AVIF (Pillow/libavif), speed 4, 4:4:4",
         "quality",
@@ -202,7 +199,7 @@ CODECS: dict[str, Codec] = {
         _pillow_decode,
         _pillow_probe("avif"),
     ),
-    "heic": Codec(
+    "heic": ClassicCodec(
         "heic",
         "HEIC (pillow-heif, libheif + x265 HEVC intra), 4:4:4",
         "quality",
@@ -211,7 +208,7 @@ CODECS: dict[str, Codec] = {
         _heic_decode,
         _heic_probe,
     ),
-    "jxl": Codec(
+    "jxl": ClassicCodec(
         "jxl",
         "JPEG XL (imagecodecs/libjxl), effort 7",
         "distance",
@@ -229,6 +226,12 @@ def _probe_image() -> Image.Image:
     return Image.fromarray(array, "RGB")
 
 
+def _round_trip(coder: ClassicCoder, image: Image.Image) -> None:
+    decoded = coder.decode(coder.encode(image).data)
+    if decoded.size != image.size:
+        raise BaselineError(f"decoded size {decoded.size} differs from the input's {image.size}")
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
@@ -242,15 +245,15 @@ def codec_unavailable(name: str) -> str | None:
     try:
         reason = codec.probe()
         if reason is None:  # a tiny round trip catches plugins that import but cannot encode
-            codec.run(_probe_image(), codec.settings[len(codec.settings) // 2])
+            _round_trip(codec.at(codec.settings[len(codec.settings) // 2]), _probe_image())
     except Exception as exc:  # noqa: BLE001 - report, never raise
         reason = f"{codec.name} fails a test encode: {_one_line(exc)}"
     return reason
 
 
-def available_codecs(names: Iterable[str]) -> tuple[dict[str, Codec], dict[str, str]]:
-    """-> ({name: Codec} usable here, {name: one-line reason} for the others), in the given order."""
-    usable: dict[str, Codec] = {}
+def available_codecs(names: Iterable[str]) -> tuple[dict[str, ClassicCodec], dict[str, str]]:
+    """-> ({name: ClassicCodec} usable here, {name: one-line reason} for the others), in the given order."""
+    usable: dict[str, ClassicCodec] = {}
     unavailable: dict[str, str] = {}
     for raw in names:
         name = raw.strip().lower()
@@ -264,62 +267,19 @@ def available_codecs(names: Iterable[str]) -> tuple[dict[str, Codec], dict[str, 
     return usable, unavailable
 
 
-def _mean(values: Sequence[float]) -> float:
-    return float(np.mean(values)) if len(values) else math.nan
-
-
 def evaluate_baseline(
     name: str,
     paths: Sequence[str | Path],
     progress: bool = True,
     settings: Sequence[Setting] | None = None,
 ) -> list[dict]:
-    """Encode every image at every setting of codec ``name``; one averaged point per setting.
-
-    Each point: ``{"setting", "bpp", "psnr", "ms_ssim", "encode_s", "decode_s"}``, the means over
-    images of per-image bpp, RGB PSNR (8-bit), MS-SSIM (None when no image is large enough) and
-    seconds per image. Points come in the codec's setting order (rising rate).
-    """
+    """Encode every image at every setting of codec ``name``; one averaged point per setting
+    (`evaluate.curve_point`), in the codec's setting order (rising rate)."""
     reason = codec_unavailable(name)
     if reason is not None:
         raise BaselineError(f"codec {name!r} unavailable: {reason}")
-    codec = CODECS[name]
-    settings = tuple(codec.settings if settings is None else settings)
     if not paths:
         raise BaselineError("no images to evaluate")
-    images = [open_image(p).convert("RGB") for p in paths]
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(settings) * len(images), desc=name, unit="img", file=sys.stderr, leave=False)
-    points = []
-    try:
-        for setting in settings:
-            bpps, psnrs, ssims, enc, dec = [], [], [], [], []
-            for image in images:
-                num_bytes, decoded, encode_s, decode_s = codec.run(image, setting)
-                bpps.append(bits_per_pixel(num_bytes, image))
-                psnrs.append(psnr(image, decoded))
-                value = ms_ssim(image, decoded)
-                if value is not None:
-                    ssims.append(value)
-                enc.append(encode_s)
-                dec.append(decode_s)
-                if bar is not None:
-                    bar.update(1)
-            points.append(
-                {
-                    "setting": setting,
-                    "bpp": _mean(bpps),
-                    "psnr": _mean(psnrs),
-                    "ms_ssim": _mean(ssims) if ssims else None,
-                    "encode_s": _mean(enc),
-                    "decode_s": _mean(dec),
-                }
-            )
-    finally:
-        if bar is not None:
-            bar.close()
-    return points
+    codec = CODECS[name]
+    settings = tuple(codec.settings if settings is None else settings)
+    return [curve_point(s, evaluate(codec.at(s), paths, progress, desc=f"{name} {s}")) for s in settings]

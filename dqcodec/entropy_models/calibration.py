@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .model import DQCodec
+from dqcodec.models.dq import DQModel
 
 CALIBRATION_VERSION = 1
 # "max" clips nothing; "quantile" clips the int8 inputs of convolutions (GELU outputs) at
@@ -93,7 +93,7 @@ def _hook_prior(recorder: RangeRecorder, prior, prefix: str, conditioned: bool) 
             recorder.activation(context.free[0], f"{prefix}.s{s}.free.act")
 
 
-def _ranges_per_point(model: DQCodec, statistic: str, run) -> dict:
+def _ranges_per_point(model: DQModel, statistic: str, run) -> dict:
     """{point: {level: {site: range}}} over what run(point) makes the float prior compute."""
     points = {}
     for point in range(model.config.rate_points):
@@ -118,7 +118,7 @@ def _nested(flat: dict[str, float]) -> dict:
     return out
 
 
-def sample_codes(model: DQCodec, point: int, shape: tuple[int, int], batch: int, generator) -> None:
+def sample_codes(model: DQModel, point: int, shape: tuple[int, int], batch: int, generator) -> None:
     """Draw code indices from the model's own prior, top level then bottom, pass by pass."""
     def sample(p, groups, logits, rows, mask, table):
         flat = torch.softmax(logits.reshape(-1, logits.shape[-1]), -1)
@@ -131,7 +131,7 @@ def sample_codes(model: DQCodec, point: int, shape: tuple[int, int], batch: int,
 
 
 @torch.no_grad()
-def calibrate_synthesized(model: DQCodec, samples: int = 8, shape: tuple[int, int] = (8, 12),
+def calibrate_synthesized(model: DQModel, samples: int = 8, shape: tuple[int, int] = (8, 12),
                           statistic: str = "max", seed: int = 0) -> dict:
     """Ranges at every rate point from `samples` top-level latents of `shape` (8 x 12: a
     768 x 512 image) drawn from the model's own prior."""
@@ -146,8 +146,8 @@ def training_photos(folder: Path, count: int) -> list[Path]:
     on, never their held-out ones), chosen with a fixed seed."""
     import random
 
-    from .datasets import list_images
-    from .training import split_train_val
+    from dqcodec.evaluation.datasets import list_images
+    from dqcodec.training.trainer import split_train_val
 
     train, _ = split_train_val(list_images(folder), 16)
     random.Random(0).shuffle(train)
@@ -155,10 +155,10 @@ def training_photos(folder: Path, count: int) -> list[Path]:
 
 
 @torch.no_grad()
-def calibrate_photos(model: DQCodec, photos: list[Path], crop: int = 512, statistic: str = "max") -> dict:
+def calibrate_photos(model: DQModel, photos: list[Path], crop: int = 512, statistic: str = "max") -> dict:
     """Ranges at every rate point from the codes assigned to centre crops of photos."""
-    from .image_io import open_image, to_tensor
-    from .model import pad_to_stride
+    from dqcodec.image_io import open_image, to_tensor
+    from dqcodec.models.dq import pad_to_stride
 
     images = []
     for path in photos:

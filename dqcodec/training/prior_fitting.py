@@ -36,13 +36,13 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
-from .config import ModelConfig
-from .datasets import list_images
-from .errors import DQError
-from .model import DQCodec, pad_to_stride
-from .training import (deepened_prior, learning_rate, load_checkpoint, load_rgb, make_optimizer,
+from dqcodec.models.config import ModelConfig
+from dqcodec.evaluation.datasets import list_images
+from dqcodec.errors import DQError
+from dqcodec.models.dq import DQModel, pad_to_stride
+from dqcodec.training.trainer import (deepened_prior, learning_rate, load_checkpoint, load_rgb, make_optimizer,
                        save_best, save_checkpoint, set_learning_rate, split_train_val)
-from .zoo import model_id, read_model_file
+from dqcodec.zoo import model_id, read_model_file
 
 
 @dataclass
@@ -75,7 +75,7 @@ class PhotoCodes:
     top: Tensor  # (P, G_top, h / 4, w / 4) uint8
 
 
-def photo_codes(model: DQCodec, path: Path) -> PhotoCodes:
+def photo_codes(model: DQModel, path: Path) -> PhotoCodes:
     x = pad_to_stride(load_rgb(path)[None].float() / 255.0, model.config.top_stride)
     features = model.analyse(x.contiguous(memory_format=torch.channels_last))
     # one point at a time, as the encoder assigns them (a batch of all points was about 2x
@@ -86,7 +86,7 @@ def photo_codes(model: DQCodec, path: Path) -> PhotoCodes:
                       torch.cat([c["top"] for c in codes]).to(torch.uint8))
 
 
-def information(model: DQCodec, cond: Tensor, bottom: Tensor, top: Tensor, points: Tensor) -> Tensor:
+def information(model: DQModel, cond: Tensor, bottom: Tensor, top: Tensor, points: Tensor) -> Tensor:
     """Bits of both levels' indices under the model's priors (teacher forced)."""
     ones = torch.ones(top.shape[0], 1, *top.shape[-2:], device=cond.device)
     return (model.bottom.information(bottom.long(), cond.float(), points)
@@ -94,7 +94,7 @@ def information(model: DQCodec, cond: Tensor, bottom: Tensor, top: Tensor, point
 
 
 @torch.no_grad()
-def validation_bpp(model: DQCodec, photos: list[PhotoCodes]) -> list[float]:
+def validation_bpp(model: DQModel, photos: list[PhotoCodes]) -> list[float]:
     """Bits per (padded) pixel of each rate point over whole held-out photos."""
     model.eval()
     pixels = sum(c.bottom.shape[-1] * c.bottom.shape[-2] for c in photos) * model.config.bottom_stride**2
@@ -147,7 +147,7 @@ def random_windows(photos: list[PhotoCodes], opts: PriorFitOptions, points: int,
     return torch.stack(cond).float(), torch.stack(bottom).long(), torch.tensor(chosen), torch.stack(weights)
 
 
-def prior_model(start: DQCodec, opts: PriorFitOptions) -> DQCodec:
+def prior_model(start: DQModel, opts: PriorFitOptions) -> DQModel:
     """The starting model with the options' prior; only the bottom prior's parameters train."""
     if opts.window < 4 or opts.window % 4:
         raise DQError("the window must be a positive multiple of 4 latent positions")
@@ -160,12 +160,12 @@ def prior_model(start: DQCodec, opts: PriorFitOptions) -> DQCodec:
     return model
 
 
-def cache_codes(model: DQCodec, paths: list[Path], desc: str) -> list[PhotoCodes]:
+def cache_codes(model: DQModel, paths: list[Path], desc: str) -> list[PhotoCodes]:
     model.eval()
     return [photo_codes(model, p) for p in tqdm(paths, desc=desc, leave=False)]
 
 
-def _codes_key(model: DQCodec, train: list[Path], val: list[Path]) -> dict[str, str]:
+def _codes_key(model: DQModel, train: list[Path], val: list[Path]) -> dict[str, str]:
     """What the codes depend on: the weights that assigned them and the photos (by name and
     size, in order)."""
     def listing(paths):
@@ -207,7 +207,7 @@ def load_codes(path: Path, key: dict[str, str]) -> tuple[list[PhotoCodes], list[
     return split("train"), split("val")
 
 
-def all_codes(model: DQCodec, train: list[Path], val: list[Path], codes_file: Path | None,
+def all_codes(model: DQModel, train: list[Path], val: list[Path], codes_file: Path | None,
               log=print) -> tuple[list[PhotoCodes], list[PhotoCodes]]:
     """Every photo's codes under `model`, read from `codes_file` when it holds them, else
     assigned (and saved there)."""

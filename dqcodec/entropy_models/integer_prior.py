@@ -1,11 +1,11 @@
 """The prior in integer arithmetic: what makes every probability the range coder sees, so a
 file decodes bit for bit on any CPU, thread count, BLAS or GPU.
 
-An `IntegerModel` is derived from a float `DQCodec`, one rate point at a time, by
+An `IntegerModel` is derived from a float `DQModel`, one rate point at a time, by
 `derive(model, point, calibration, policy)`: weights become per-channel integers at the
 policy's bit widths, activations 8- to 15-bit integers with calibrated ranges
 (`calibration.py`), sums and residual streams wide integers, GELU and exp lookup tables (see
-fixed_point.py for why the derivation gives the same integers everywhere). It mirrors `CodePrior` and the top level's
+layers/fixed_point.py for why the derivation gives the same integers everywhere). It mirrors `CodePrior` and the top level's
 synthesis `top_s`, which conditions the bottom level:
 
     top indices -> codes (int8) -> top_s -> cond (int8) -> bottom prior
@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .fixed_point import WIDE_MAX, Format, IntConv, apply_table, exp64, gelu_table, int_conv, lookup
-from .prior import CodePrior
+from dqcodec.layers.fixed_point import WIDE_MAX, Format, IntConv, apply_table, exp64, gelu_table, int_conv, lookup
+from dqcodec.entropy_models.prior import CodePrior
 
 if TYPE_CHECKING:
-    from .model import DQCodec
+    from dqcodec.models.dq import DQModel
 
 LOGIT_BITS = 10  # logits in units of 2^-10 nats
 CODE_BITS = 12  # codebook coordinates in units of 2^-12 of their group's largest
@@ -386,7 +386,7 @@ def _derive_prior(prior: CodePrior, codebooks: np.ndarray, code_bias: np.ndarray
         precision, torch.from_numpy(np.rint(code_bias * (1 << LOGIT_BITS)).astype(np.int64)))
 
 
-def derive(model: "DQCodec", point: int, calibration: dict, policy: Policy = DEFAULT_POLICY) -> IntegerModel:
+def derive(model: "DQModel", point: int, calibration: dict, policy: Policy = DEFAULT_POLICY) -> IntegerModel:
     """The integer prior of one rate point (0 for a single-rate model)."""
     ranges = calibration["points"][str(point)]
     variable = model.config.rate_points > 1
@@ -421,7 +421,7 @@ def derive(model: "DQCodec", point: int, calibration: dict, policy: Policy = DEF
     return IntegerModel(priors["top"], priors["bottom"], condition, _weight_bits(model, policy))
 
 
-def _weight_bits(model: "DQCodec", policy: Policy) -> int:
+def _weight_bits(model: "DQModel", policy: Policy) -> int:
     """Bits of the integer path's convolution weights at the policy's widths (packed)."""
     total = 0
     for level in (model.top, model.bottom):

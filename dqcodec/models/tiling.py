@@ -38,7 +38,7 @@ from typing import Callable
 import torch.nn as nn
 from torch import Tensor
 
-from .layers import GDN
+from dqcodec.layers import GDN
 
 # leaf modules that act on each position alone
 _POINTWISE = (GDN, nn.GELU, nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.SiLU, nn.Sigmoid, nn.Tanh,
@@ -79,7 +79,7 @@ def _leaves(module: nn.Module):
 
 def required_overlap(transform: nn.Module, stride: int = 1) -> int:
     """The smallest overlap (in input units, a multiple of `stride`) for which the tiled
-    transform equals the untiled one up to float rounding: 2 latents for DQCodec's g_s,
+    transform equals the untiled one up to float rounding: 2 latents for DQModel's g_s,
     32 pixels (stride 16) for its g_a."""
     return math.ceil(receptive_radius(transform) / stride) * stride
 
@@ -111,7 +111,7 @@ def tiled_synthesis(g_s: Callable[[Tensor], Tensor], y: Tensor, stride: int = 16
                     overlap: int = 2) -> Tensor:
     """g_s(y) computed on overlapping latent tiles.
 
-    g_s: any callable acting locally (an nn.Module, or DQCodec.synthesise); y: (B, C, H, W)
+    g_s: any callable acting locally (an nn.Module, or DQModel.synthesise); y: (B, C, H, W)
     at latent resolution; g_s must upsample by exactly `stride`.
     Tiles have a core of at most `tile` x `tile` latents plus `overlap` latents of context
     on each side (clipped at the borders); each tile's core, scaled by `stride`, is written
@@ -144,7 +144,7 @@ def tiled_analysis(g_a: Callable[[Tensor], Tensor], x: Tensor, stride: int = 16,
                    overlap: int = 32) -> Tensor:
     """g_a(x) computed on overlapping pixel tiles.
 
-    g_a: any callable acting locally (an nn.Module, or DQCodec.analyse); x: (B, 3, H, W)
+    g_a: any callable acting locally (an nn.Module, or DQModel.analyse); x: (B, 3, H, W)
     image; g_a must downsample by `stride` (output ceil(H/stride) x
     ceil(W/stride)). `tile` and `overlap` are in pixels and must be multiples of `stride`,
     so that tile origins lie on the latent grid. The output is written into a preallocated

@@ -12,11 +12,11 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .config import LevelConfig
-from .integer_prior import IntegerCodePrior, IntegerPasses, as_float_logits
-from .prior import CodePrior, Pass, checkerboard, code_bits, pass_schedule
-from .quantizer import DepthwiseQuantizer
-from .range_coding import IndexDecoder, IndexEncoder
+from dqcodec.models.config import LevelConfig
+from dqcodec.entropy_models.integer_prior import IntegerCodePrior, IntegerPasses, as_float_logits
+from dqcodec.entropy_models.prior import CodePrior, Pass, checkerboard, code_bits, pass_schedule
+from dqcodec.latent_codecs.quantizer import DepthwiseQuantizer
+from dqcodec.range_coding import IndexDecoder, IndexEncoder
 
 # chooser(pass, group slice, logits (B,G_s,n,K), rows, positions (h,W) bool, table) -> indices
 # (B,G_s,n) for the n positions of the pass (positions[rows] true, in row-major order); table

@@ -18,12 +18,12 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from .config import ModelConfig
-from .datasets import list_images
-from .errors import DQError
-from .hardware import bf16_supported
-from .model import DQCodec
-from .zoo import read_model_file
+from dqcodec.models.config import ModelConfig
+from dqcodec.evaluation.datasets import list_images
+from dqcodec.errors import DQError
+from dqcodec.hardware import bf16_supported
+from dqcodec.models.dq import DQModel
+from dqcodec.zoo import read_model_file
 
 
 @dataclass(frozen=True)
@@ -181,13 +181,13 @@ def rd_cost(lmbda: float, psnr: float, bpp: float) -> float:
     return lmbda * 255**2 * 10 ** (-psnr / 10) + bpp
 
 
-def sample_points(model: DQCodec, batch: int, generator: torch.Generator) -> Tensor:
+def sample_points(model: DQModel, batch: int, generator: torch.Generator) -> Tensor:
     """A rate point per sample, uniformly: every step trains every part of the range."""
     return torch.randint(model.config.rate_points, (batch,), generator=generator)
 
 
 @torch.no_grad()
-def validate(model: DQCodec, images: list[Tensor], crop: int = 256) -> list[dict]:
+def validate(model: DQModel, images: list[Tensor], crop: int = 256) -> list[dict]:
     """Centre crops of the held-out images, estimated rate from the prior; one
     {lmbda, bpp, psnr} per rate point."""
     model.eval()
@@ -214,7 +214,7 @@ def validation_score(results: list[dict]) -> float:
     return float(sum(math.log(rd_cost(r["lmbda"], r["psnr"], r["bpp"])) for r in results))
 
 
-def save_checkpoint(path: Path, model: DQCodec, optimizer, step: int, best: float | None,
+def save_checkpoint(path: Path, model: DQModel, optimizer, step: int, best: float | None,
                     schedule_steps: int) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
@@ -222,7 +222,7 @@ def save_checkpoint(path: Path, model: DQCodec, optimizer, step: int, best: floa
     os.replace(tmp, path)
 
 
-def save_best(path: Path, model: DQCodec, step: int, val: list[dict]) -> None:
+def save_best(path: Path, model: DQModel, step: int, val: list[dict]) -> None:
     """The weights a run's validation liked best, without optimizer state (what `export` reads)."""
     torch.save({"model": model.state_dict(), "config": model.config.to_json(), "step": step, "val": val},
                path)
@@ -367,20 +367,20 @@ def time_is_up(started: float, stop_after: float | None, world: int, device: tor
     return up
 
 
-def starting_model(opts: TrainOptions, state: dict | None, log) -> DQCodec:
+def starting_model(opts: TrainOptions, state: dict | None, log) -> DQModel:
     """A resumed run's architecture (its weights are loaded later), a model file's weights
     (`init`), or a fresh model."""
     if state:
-        return DQCodec(ModelConfig.from_json(state["config"]))
+        return DQModel(ModelConfig.from_json(state["config"]))
     if opts.init is not None:
         model = initialised_model(opts)
         log(f"initialised from {opts.init} (lambda {', '.join(map(str, model.config.point_lambdas()))}, "
             f"assignment strength {model.config.rate_weight})")
         return model
-    return DQCodec(opts.config)
+    return DQModel(opts.config)
 
 
-def restart_dead_codes(model: DQCodec, latents: dict, world: int) -> None:
+def restart_dead_codes(model: DQModel, latents: dict, world: int) -> None:
     for level in ("top", "bottom"):
         quantizer = getattr(model, level).quantizer
         quantizer.restart_dead_codes(latents[level])
@@ -401,7 +401,7 @@ def train_step(model, optimizer, x: Tensor, points: Tensor, lambdas: Tensor, com
     return out, r
 
 
-def seconds_per_step(model: DQCodec, stage: Stage, opts: TrainOptions, device: torch.device,
+def seconds_per_step(model: DQModel, stage: Stage, opts: TrainOptions, device: torch.device,
                      bf16: bool, repeats: int = 5) -> float:
     """Time of one training step at a stage's crop and batch, on a throwaway copy of the model."""
     probe = copy.deepcopy(model).train()
@@ -423,7 +423,7 @@ def seconds_per_step(model: DQCodec, stage: Stage, opts: TrainOptions, device: t
     return (time.perf_counter() - start) / repeats
 
 
-def steps_within(seconds: float, model: DQCodec, opts: TrainOptions, device: torch.device,
+def steps_within(seconds: float, model: DQModel, opts: TrainOptions, device: torch.device,
                  bf16: bool) -> int:
     """How many steps of the stage schedule fit in `seconds` (5% kept for validation and
     checkpoints)."""
@@ -432,7 +432,7 @@ def steps_within(seconds: float, model: DQCodec, opts: TrainOptions, device: tor
     return max(1, int(0.95 * seconds / per_step))
 
 
-def budgeted_steps(model: DQCodec, opts: TrainOptions, device: torch.device, bf16: bool, world: int) -> int:
+def budgeted_steps(model: DQModel, opts: TrainOptions, device: torch.device, bf16: bool, world: int) -> int:
     """The steps that fit in `opts.minutes`; under DDP every replica takes rank 0's count."""
     steps = steps_within(opts.minutes * 60, model, opts, device, bf16)
     if world > 1:
@@ -442,7 +442,7 @@ def budgeted_steps(model: DQCodec, opts: TrainOptions, device: torch.device, bf1
     return steps
 
 
-def initialised_model(opts: TrainOptions) -> DQCodec:
+def initialised_model(opts: TrainOptions) -> DQModel:
     """A model file's weights (or one rate point's, `init_point`), retargeted to the options'
     trade-off(s). A single-rate model made variable-rate starts every point from its weights,
     with the new model's gains and zero prior embeddings."""
@@ -458,7 +458,7 @@ def initialised_model(opts: TrainOptions) -> DQCodec:
         if config.rate_points > 1:
             raise DQError("--init: the model is already variable-rate; keep its lambdas")
         config = dataclasses.replace(config, lambdas=tuple(opts.init_lambdas))
-        widened = DQCodec(config)
+        widened = DQModel(config)
         state = model.state_dict()
         for level in ("top", "bottom"):  # every point starts from the single rate's code bias
             key = f"{level}.prior.code_bias"
@@ -472,7 +472,7 @@ def initialised_model(opts: TrainOptions) -> DQCodec:
 
 
 @torch.no_grad()
-def single_rate_model(model: DQCodec, point: int) -> DQCodec:
+def single_rate_model(model: DQModel, point: int) -> DQModel:
     """One rate point of a variable-rate model as a single-rate model that codes exactly
     as that point did: the point's gains move into the convolutions on either side of the
     quantizer, its prior embedding into the biases that read it, its code bias stays."""
@@ -481,12 +481,12 @@ def single_rate_model(model: DQCodec, point: int) -> DQCodec:
         raise DQError("--init-point needs a variable-rate --init model")
     if not 0 <= point < config.rate_points:
         raise DQError(f"--init-point must be 0..{config.rate_points - 1}")
-    single = DQCodec(dataclasses.replace(config, lambdas=(), lmbda=config.lambdas[point]))
+    single = DQModel(dataclasses.replace(config, lambdas=(), lmbda=config.lambdas[point]))
     state = {k: v for k, v in model.state_dict().items() if "gain" not in k and "point_embedding" not in k}
     for level in ("top", "bottom"):
         state[f"{level}.prior.code_bias"] = state[f"{level}.prior.code_bias"][point]
     single.load_state_dict(state)
-    # where DQCodec applies the gains: after the latent's last encoder layer, before the
+    # where DQModel applies the gains: after the latent's last encoder layer, before the
     # first layer that reads the decoded latent
     for level, encode, decode in (("top", single.top_a[-1], single.top_s[0]),
                                   ("bottom", single.bottom_a, single.g_s[0])):
@@ -501,7 +501,7 @@ def single_rate_model(model: DQCodec, point: int) -> DQCodec:
     return single.train(model.training)
 
 
-def deepened_prior(model: DQCodec, kernel: int, blocks: int, free_logits: bool = False) -> DQCodec:
+def deepened_prior(model: DQModel, kernel: int, blocks: int, free_logits: bool = False) -> DQModel:
     """The same model with a wider (kernel), deeper (blocks) or freer (free logits) prior
     that starts out computing exactly the old prior: old 1x1 weights sit at the centre of
     the wider kernels, and each new residual block's and free-logit head's last layer is zero."""
@@ -511,7 +511,7 @@ def deepened_prior(model: DQCodec, kernel: int, blocks: int, free_logits: bool =
         raise DQError(f"the prior can only grow: it has kernel {old.prior_kernel}, "
                       f"{old.prior_blocks} blocks and free logits {old.prior_free_logits}; "
                       "the kernel must be odd")
-    deeper = DQCodec(dataclasses.replace(old, prior_kernel=kernel, prior_blocks=blocks,
+    deeper = DQModel(dataclasses.replace(old, prior_kernel=kernel, prior_blocks=blocks,
                                          prior_free_logits=free_logits))
     state = deeper.state_dict()
     for key, value in state.items():
@@ -533,7 +533,7 @@ def deepened_prior(model: DQCodec, kernel: int, blocks: int, free_logits: bool =
 RATE_PARAM_LR_SCALE = 10.0
 
 
-def make_optimizer(model: DQCodec, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(model: DQModel, lr: float) -> torch.optim.Optimizer:
     def per_point(name: str, parameter: Tensor) -> bool:
         return "point_embedding" in name or (name.endswith("code_bias") and parameter.dim() == 3)
 
@@ -545,8 +545,8 @@ def make_optimizer(model: DQCodec, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(groups, lr=lr)
 
 
-def model_from_checkpoint(path: Path) -> DQCodec:
+def model_from_checkpoint(path: Path) -> DQModel:
     state = load_checkpoint(path)
-    model = DQCodec(ModelConfig.from_json(state["config"]))
+    model = DQModel(ModelConfig.from_json(state["config"]))
     model.load_state_dict(state["model"])
     return model.eval()

@@ -1,0 +1,1 @@
+"""Evaluation: data sets, metrics, classic codecs, rate-distortion curves and BD-rate."""

@@ -1,0 +1,1 @@
+"""Training of the transforms and refitting of the prior (not needed to encode or decode)."""
