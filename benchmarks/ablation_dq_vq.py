@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from dqcodec.codec import Codec
-from dqcodec.models.config import LevelConfig, ModelConfig
 from dqcodec.evaluation.datasets import list_images
 from dqcodec.evaluation.evaluate import DQCoder, evaluate, summarize
 from dqcodec.evaluation.rd import bd_rate, psnr_at
+from dqcodec.models.config import LevelConfig, ModelConfig
 from dqcodec.training.trainer import Stage, TrainOptions, model_from_checkpoint, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,8 +35,12 @@ def arm_config(groups_bottom: int, groups_top: int) -> ModelConfig:
     def level(channels: int, groups: int, slices: int) -> LevelConfig:
         return LevelConfig(channels, groups, CODES, slices if groups % slices == 0 else 1)
 
-    return ModelConfig(width=64, prior_width=64, bottom=level(CHANNELS_BOTTOM, groups_bottom, 4),
-                       top=level(CHANNELS_TOP, groups_top, 2))
+    return ModelConfig(
+        width=64,
+        prior_width=64,
+        bottom=level(CHANNELS_BOTTOM, groups_bottom, 4),
+        top=level(CHANNELS_TOP, groups_top, 2),
+    )
 
 
 FAMILIES = {"DQ": arm_config(48, 16), "VQ": arm_config(1, 1)}
@@ -67,28 +71,48 @@ def main() -> None:
     for family, config in FAMILIES.items():
         points = []
         for lmbda in LAMBDAS[family]:
-            arm = train_and_code(family, dataclasses.replace(config, lmbda=lmbda), args, weights, kodak)
+            arm = train_and_code(
+                family, dataclasses.replace(config, lmbda=lmbda), args, weights, kodak
+            )
             arms.append(arm)
             points += arm["curve"]
         fronts[family] = pareto_front(points)
     dq, vq = fronts["DQ"], fronts["VQ"]
     delta = bd_rate(dq, vq)
-    print("BD-rate of VQ against DQ (Pareto fronts): "
-          + ("no PSNR overlap" if delta is None else f"{delta:+.1f}%"))
+    print(
+        "BD-rate of VQ against DQ (Pareto fronts): "
+        + ("no PSNR overlap" if delta is None else f"{delta:+.1f}%")
+    )
     for bpp, psnr in vq:
         at = psnr_at(dq, bpp)
-        print(f"at {bpp:.4f} bpp: VQ {psnr:.2f} dB, DQ "
-              + ("outside its measured range" if at is None else f"{at:.2f} dB ({at - psnr:+.2f})"))
+        print(
+            f"at {bpp:.4f} bpp: VQ {psnr:.2f} dB, DQ "
+            + ("outside its measured range" if at is None else f"{at:.2f} dB ({at - psnr:+.2f})")
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"steps": args.steps, "arms": arms, "fronts": fronts,
-                                               "bd_rate_vq_vs_dq": delta}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {"steps": args.steps, "arms": arms, "fronts": fronts, "bd_rate_vq_vs_dq": delta},
+                indent=2,
+            )
+        )
 
 
-def train_and_code(family: str, config: ModelConfig, args, weights: list[float], kodak: list[Path]) -> dict:
+def train_and_code(
+    family: str, config: ModelConfig, args, weights: list[float], kodak: list[Path]
+) -> dict:
     out = Path(args.out) / f"{family.lower()}-{config.lmbda:g}"
-    opts = TrainOptions(data=Path(args.train_dir), out=out, steps=args.steps, lr=1e-3, warmup=100,
-                        stages=(Stage(64, 16, 1.0),), val_every=10**9,
-                        checkpoint_every=max(100, args.steps // 4), config=config)
+    opts = TrainOptions(
+        data=Path(args.train_dir),
+        out=out,
+        steps=args.steps,
+        lr=1e-3,
+        warmup=100,
+        stages=(Stage(64, 16, 1.0),),
+        val_every=10**9,
+        checkpoint_every=max(100, args.steps // 4),
+        config=config,
+    )
     start = time.time()
     train(opts, resume=True, log=lambda *a: None)
     minutes = (time.time() - start) / 60
@@ -98,10 +122,20 @@ def train_and_code(family: str, config: ModelConfig, args, weights: list[float],
     for w in weights:
         mean = summarize(evaluate(DQCoder(Codec(model, rate_weight=w)), kodak, progress=False))
         curve.append((mean["bpp"], mean["psnr"]))
-        print(f"{family} λ={config.lmbda:<8g} rate weight {w:<5g} {curve[-1][0]:.4f} bpp "
-              f"{curve[-1][1]:.2f} dB", flush=True)
-    return {"family": family, "lmbda": config.lmbda, "groups": [config.bottom.groups, config.top.groups],
-            "codebook_floats": memory, "train_minutes": minutes, "rate_weights": weights, "curve": curve}
+        print(
+            f"{family} λ={config.lmbda:<8g} rate weight {w:<5g} {curve[-1][0]:.4f} bpp "
+            f"{curve[-1][1]:.2f} dB",
+            flush=True,
+        )
+    return {
+        "family": family,
+        "lmbda": config.lmbda,
+        "groups": [config.bottom.groups, config.top.groups],
+        "codebook_floats": memory,
+        "train_minutes": minutes,
+        "rate_weights": weights,
+        "curve": curve,
+    }
 
 
 if __name__ == "__main__":

@@ -46,8 +46,9 @@ def dqcodec_curve(path: Path, settings: list[str] | None) -> list[dict]:
     by_setting = {p["setting"]: p for p in points}
     missing = [s for s in settings if s not in by_setting]
     if missing:
-        raise click.ClickException(f"{path}: no setting {', '.join(missing)} "
-                                   f"(it has {', '.join(by_setting)})")
+        raise click.ClickException(
+            f"{path}: no setting {', '.join(missing)} (it has {', '.join(by_setting)})"
+        )
     return [by_setting[s] for s in settings]
 
 
@@ -70,7 +71,10 @@ def main(a: Path, b: Path, a_settings: str | None, b_settings: str | None) -> No
         click.echo(f"{point_cells(pa)}   {point_cells(pb)}")
     pairs = rd_pairs({"a": curve_a, "b": curve_b})
     value = bd_rate(pairs["a"], pairs["b"])
-    click.echo("BD-rate of B against A: " + ("curves do not overlap" if value is None else f"{value:+.2f}%"))
+    click.echo(
+        "BD-rate of B against A: "
+        + ("curves do not overlap" if value is None else f"{value:+.2f}%")
+    )
 
 
 if __name__ == "__main__":

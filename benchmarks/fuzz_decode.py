@@ -60,6 +60,7 @@ with warnings.catch_warnings():
 # ---------------------------------------------------------------------------------------
 # test images (the tiny random model and photo() come from dqcodec.testing)
 
+
 def test_image(width: int, height: int, mode: str, seed: int) -> Image.Image:
     image = photo(width, height, seed)
     if mode in ("L", "LA"):
@@ -78,8 +79,20 @@ MAGIC = b"\x89DQC"
 _HEADER = struct.Struct("<4sBBBB8sIIIIII")  # magic .. index CRC
 _CRC = struct.Struct("<I")
 HEADER_SIZE = _HEADER.size + _CRC.size  # 44
-FIELDS = ("magic", "version", "mode", "quality", "rate_point", "model_id", "width", "height",
-          "n_top", "n_bottom", "n_alpha", "index_crc")
+FIELDS = (
+    "magic",
+    "version",
+    "mode",
+    "quality",
+    "rate_point",
+    "model_id",
+    "width",
+    "height",
+    "n_top",
+    "n_bottom",
+    "n_alpha",
+    "index_crc",
+)
 MODES = ("RGB", "L", "RGBA", "LA")
 
 
@@ -91,8 +104,12 @@ def parse(data: bytes) -> tuple[dict, bytes, bytes, bytes]:
     return header, data[HEADER_SIZE:a], data[a:b], data[b:]
 
 
-def build(header: dict, payload: bytes, fix_lengths: tuple[bytes, bytes, bytes] | None = None,
-          crc: int | None = None) -> bytes:
+def build(
+    header: dict,
+    payload: bytes,
+    fix_lengths: tuple[bytes, bytes, bytes] | None = None,
+    crc: int | None = None,
+) -> bytes:
     """Header fields + payload -> file bytes with the container CRC recomputed (or `crc`).
 
     With fix_lengths=(top, bottom, alpha) the length fields are set from the sections and the
@@ -165,7 +182,9 @@ def _random_words(rng: random.Random, n: int) -> bytes:
     return rng.randbytes(4 * n)
 
 
-def _flip_bits(rng: random.Random, data: bytes, lo: int, hi: int, k: int) -> tuple[bytes, list[int]]:
+def _flip_bits(
+    rng: random.Random, data: bytes, lo: int, hi: int, k: int
+) -> tuple[bytes, list[int]]:
     buf = bytearray(data)
     bits = sorted(rng.randrange(lo * 8, hi * 8) for _ in range(k)) if hi > lo else []
     for bit in bits:
@@ -192,7 +211,9 @@ _FORGED: dict[tuple, tuple[bytes, bytes, int]] = {}
 
 
 @torch.inference_mode()
-def forge_streams(codec: Codec, width: int, height: int, bottom: bool = True) -> tuple[bytes, bytes, int]:
+def forge_streams(
+    codec: Codec, width: int, height: int, bottom: bool = True
+) -> tuple[bytes, bytes, int]:
     """Valid range-coded streams for a `width` x `height` image that nobody encoded: every
     index is the prior's most likely one, so the streams are a few bytes whatever the size.
     -> (top, bottom, index CRC). With bottom=False only the top stream is valid (and the
@@ -219,7 +240,9 @@ def forge_streams(codec: Codec, width: int, height: int, bottom: bool = True) ->
     shape = (-(-height // stride), -(-width // stride))
     point = torch.tensor([codec.rate_point])
     integer = codec.integer_model(codec.rate_point)
-    top, y_top, i_top = run(model.top, torch.ones(1, 1, *shape), (integer.top, integer.top_input(*shape)))
+    top, y_top, i_top = run(
+        model.top, torch.ones(1, 1, *shape), (integer.top, integer.top_input(*shape))
+    )
     if not bottom:
         _FORGED[key] = (top, b"", 0)
     else:
@@ -254,13 +277,23 @@ def m_forged_skinny(rng, s, codec):
     top, bottom, _ = forge_streams(codec, w, h, bottom=False)
     data = build(dict(s.header, width=w, height=h), b"", fix_lengths=(top, bottom, s.alpha))
     padded = (-(-w // 64) * 64) * (-(-h // 64) * 64)
-    return f"size {w}x{h}, {padded} pixels once padded, forged top stream (CRC recomputed)", data, True
+    return (
+        f"size {w}x{h}, {padded} pixels once padded, forged top stream (CRC recomputed)",
+        data,
+        True,
+    )
 
 
 def m_truncate(rng, s):
     data = s.data
-    cut = rng.choice([rng.randrange(0, HEADER_SIZE), rng.randrange(HEADER_SIZE, len(data)),
-                      len(data) - 1, len(data) - rng.randint(1, 4)])
+    cut = rng.choice(
+        [
+            rng.randrange(0, HEADER_SIZE),
+            rng.randrange(HEADER_SIZE, len(data)),
+            len(data) - 1,
+            len(data) - rng.randint(1, 4),
+        ]
+    )
     return f"truncated to {cut} of {len(data)} bytes", data[:cut], True
 
 
@@ -288,7 +321,7 @@ def m_overwrite(rng, s):
     buf = bytearray(s.data)
     start = rng.randrange(len(buf))
     n = min(rng.randint(1, 16), len(buf) - start)
-    buf[start:start + n] = rng.randbytes(n)
+    buf[start : start + n] = rng.randbytes(n)
     return f"bytes {start}..{start + n} overwritten with random bytes", bytes(buf), True
 
 
@@ -317,18 +350,33 @@ def m_absurd_size(rng, s):
 
 def m_skinny_size(rng, s):
     """Within max_pixels by area, but the model pads each side to its stride (64)."""
-    w = rng.choice([(1 << 20) + 1, 1 << 22, 1 << 24, DEFAULT_MAX_PIXELS,
-                    rng.randint((1 << 20) + 1, DEFAULT_MAX_PIXELS)])
+    w = rng.choice(
+        [
+            (1 << 20) + 1,
+            1 << 22,
+            1 << 24,
+            DEFAULT_MAX_PIXELS,
+            rng.randint((1 << 20) + 1, DEFAULT_MAX_PIXELS),
+        ]
+    )
     w, h = (w, 1) if rng.random() < 0.5 else (1, w)
     data = build(dict(s.header, width=w, height=h), s.data[HEADER_SIZE:])
-    return f"size {w}x{h}, under max_pixels but {64 * w * h} pixels once padded (CRC recomputed)", data, True
+    return (
+        f"size {w}x{h}, under max_pixels but {64 * w * h} pixels once padded (CRC recomputed)",
+        data,
+        True,
+    )
 
 
 def m_moderate_size(rng, s):
     w = rng.choice([1, 2, 63, 64, 65, 127, 129, rng.randint(1, 1024)])
     h = rng.choice([1, 2, 63, 64, 65, 127, 129, rng.randint(1, 1024)])
     data = build(dict(s.header, width=w, height=h), s.data[HEADER_SIZE:])
-    return f"size {w}x{h} instead of {s.header['width']}x{s.header['height']} (CRC recomputed)", data, False
+    return (
+        f"size {w}x{h} instead of {s.header['width']}x{s.header['height']} (CRC recomputed)",
+        data,
+        False,
+    )
 
 
 def m_mode(rng, s):
@@ -372,8 +420,9 @@ def m_length_shift(rng, s):
 def m_length_change(rng, s):
     h = dict(s.header)
     name = rng.choice(["n_top", "n_bottom", "n_alpha"])
-    h[name] = rng.choice([0, h[name] + 1, max(h[name] - 1, 0), h[name] + 4, (1 << 32) - 1,
-                          rng.randrange(1 << 32)])
+    h[name] = rng.choice(
+        [0, h[name] + 1, max(h[name] - 1, 0), h[name] + 4, (1 << 32) - 1, rng.randrange(1 << 32)]
+    )
     data = build(h, s.data[HEADER_SIZE:])
     return f"{name} = {h[name]} (CRC recomputed, payload unchanged)", data, True
 
@@ -403,10 +452,19 @@ def m_magic_random(rng, s):
 
 def m_header_random(rng, s):
     """A random but self-consistent header (version 1, valid mode, lengths of the payload)."""
-    h = dict(s.header, mode=rng.randrange(4), width=rng.randint(1, 512), height=rng.randint(1, 512),
-             index_crc=rng.randrange(1 << 32))
+    h = dict(
+        s.header,
+        mode=rng.randrange(4),
+        width=rng.randint(1, 512),
+        height=rng.randint(1, 512),
+        index_crc=rng.randrange(1 << 32),
+    )
     data = build(h, s.data[HEADER_SIZE:])
-    return f"random header fields {h['width']}x{h['height']} mode {h['mode']} (CRC recomputed)", data, False
+    return (
+        f"random header fields {h['width']}x{h['height']} mode {h['mode']} (CRC recomputed)",
+        data,
+        False,
+    )
 
 
 def m_payload_crc_fixed(rng, s):
@@ -414,8 +472,20 @@ def m_payload_crc_fixed(rng, s):
     top, bottom = s.top, s.bottom
     section = rng.choice(["top", "bottom"])
     target = top if section == "top" else bottom
-    how = rng.choice(["flip", "flip", "overwrite", "truncate", "extend", "replace", "swap", "shuffle",
-                      "zero", "ones"])
+    how = rng.choice(
+        [
+            "flip",
+            "flip",
+            "overwrite",
+            "truncate",
+            "extend",
+            "replace",
+            "swap",
+            "shuffle",
+            "zero",
+            "ones",
+        ]
+    )
     if how == "flip" and target:
         k = rng.choice([1, 1, 2, 4, 16])
         target, bits = _flip_bits(rng, target, 0, len(target), k)
@@ -423,7 +493,7 @@ def m_payload_crc_fixed(rng, s):
     elif how == "overwrite" and target:
         start = rng.randrange(len(target))
         n = min(rng.randint(1, 16), len(target) - start)
-        target = target[:start] + rng.randbytes(n) + target[start + n:]
+        target = target[:start] + rng.randbytes(n) + target[start + n :]
         what = f"{section}[{start}:{start + n}] overwritten"
     elif how == "truncate" and target:
         cut = rng.randrange(len(target))
@@ -438,9 +508,9 @@ def m_payload_crc_fixed(rng, s):
         target = top if section == "top" else bottom
         what = "top and bottom swapped"
     elif how == "shuffle" and len(target) >= 8:
-        words = [target[i:i + 4] for i in range(0, len(target) - len(target) % 4, 4)]
+        words = [target[i : i + 4] for i in range(0, len(target) - len(target) % 4, 4)]
         rng.shuffle(words)
-        target = b"".join(words) + target[len(words) * 4:]
+        target = b"".join(words) + target[len(words) * 4 :]
         what = f"words of {section} shuffled"
     elif how == "zero":
         target = bytes(len(target))
@@ -468,8 +538,15 @@ def m_splice(rng, s, samples):
     elif which == "bottom":
         data = build(s.header, b"", fix_lengths=(s.top, other.bottom, s.alpha))
     else:
-        data = build(dict(other.header, n_top=s.header["n_top"], n_bottom=s.header["n_bottom"],
-                          n_alpha=s.header["n_alpha"]), s.data[HEADER_SIZE:])
+        data = build(
+            dict(
+                other.header,
+                n_top=s.header["n_top"],
+                n_bottom=s.header["n_bottom"],
+                n_alpha=s.header["n_alpha"],
+            ),
+            s.data[HEADER_SIZE:],
+        )
     return f"{which} taken from sample {other.name} (CRC recomputed)", data, other is s
 
 
@@ -490,7 +567,11 @@ def m_alpha(rng, s):
         alpha = b""
     mode = s.header["mode"] if MODES[s.header["mode"]] in ("RGBA", "LA") else 2
     data = build(dict(s.header, mode=mode), b"", fix_lengths=(s.top, s.bottom, alpha))
-    return f"alpha plane {how} ({len(alpha)} bytes), mode {MODES[mode]} (CRC recomputed)", data, True
+    return (
+        f"alpha plane {how} ({len(alpha)} bytes), mode {MODES[mode]} (CRC recomputed)",
+        data,
+        True,
+    )
 
 
 MUTATIONS = {  # name: (function, weight)
@@ -523,12 +604,19 @@ MUTATIONS = {  # name: (function, weight)
 _NEEDS_CODEC = (m_forged, m_forged_skinny)
 
 
-def make_case(seed: int, index: int, samples: list[Sample], kinds: list[str] | None = None,
-              codec: Codec | None = None) -> Case:
+def make_case(
+    seed: int,
+    index: int,
+    samples: list[Sample],
+    kinds: list[str] | None = None,
+    codec: Codec | None = None,
+) -> Case:
     """Case `index` of run `seed`: the same arguments always give the same bytes. The forged
     mutations need the codec (they are left out without one)."""
     rng = random.Random(f"{seed}:{index}")
-    names = kinds or [k for k, (f, _) in MUTATIONS.items() if codec is not None or f not in _NEEDS_CODEC]
+    names = kinds or [
+        k for k, (f, _) in MUTATIONS.items() if codec is not None or f not in _NEEDS_CODEC
+    ]
     kind = rng.choices(names, weights=[MUTATIONS[k][1] for k in names])[0]
     sample = rng.choice(samples)
     func = MUTATIONS[kind][0]
@@ -638,8 +726,12 @@ def run_case(codec: Codec, case: Case, time_limit: float = 5.0, mem_mb: float = 
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - a pyo3 PanicException is a BaseException
-        result = Result(case, "crash", f"{type(exc).__name__}: {exc}",
-                        trace="".join(traceback.format_exception(exc, limit=-4)))
+        result = Result(
+            case,
+            "crash",
+            f"{type(exc).__name__}: {exc}",
+            trace="".join(traceback.format_exception(exc, limit=-4)),
+        )
     else:
         problem = _check_decoded(case, image)
         result = Result(case, "wrong" if problem else "ok", problem)
@@ -647,12 +739,19 @@ def run_case(codec: Codec, case: Case, time_limit: float = 5.0, mem_mb: float = 
         signal.signal(signal.SIGALRM, old)
     result.seconds = elapsed
     if result.outcome != "hang" and elapsed > time_limit:
-        result.outcome, result.message = "hang", f"took {elapsed:.1f} s (limit {time_limit:g} s); " + result.message
+        result.outcome, result.message = (
+            "hang",
+            f"took {elapsed:.1f} s (limit {time_limit:g} s); " + result.message,
+        )
     meter.__exit__(None, None, None)
     result.rss_growth_mb = meter.growth_mb
     text = result.message.lower()
-    if (result.rss_growth_mb > mem_mb or "allocate" in text or "out of memory" in text
-            or "memoryerror" in text):
+    if (
+        result.rss_growth_mb > mem_mb
+        or "allocate" in text
+        or "out of memory" in text
+        or "memoryerror" in text
+    ):
         result.memory = True
     return result
 
@@ -704,11 +803,17 @@ def summarize(results: list[Result], seconds: float) -> str:
         n = sum(c[o] for o in ("refused", "ok", "wrong", "crash", "hang"))
         total.update(c)
         total["cases"] += n
-        lines.append(f"{kind:<18}{n:>7}" + "".join(f"{c[o]:>9}" for o in COLUMNS)
-                     + f"{slowest[kind] * 1000:>9.0f}")
+        lines.append(
+            f"{kind:<18}{n:>7}"
+            + "".join(f"{c[o]:>9}" for o in COLUMNS)
+            + f"{slowest[kind] * 1000:>9.0f}"
+        )
     lines.append("-" * len(head))
-    lines.append(f"{'total':<18}{total['cases']:>7}" + "".join(f"{total[o]:>9}" for o in COLUMNS)
-                 + f"{max(slowest.values(), default=0) * 1000:>9.0f}")
+    lines.append(
+        f"{'total':<18}{total['cases']:>7}"
+        + "".join(f"{total[o]:>9}" for o in COLUMNS)
+        + f"{max(slowest.values(), default=0) * 1000:>9.0f}"
+    )
 
     messages = Counter(message_key(r.message) for r in results if r.outcome == "refused")
     lines += ["", "DQError messages (numbers as #):"]
@@ -717,24 +822,38 @@ def summarize(results: list[Result], seconds: float) -> str:
     crc_fixed = [r for r in results if r.case.kind == "payload-crc-fixed"]
     if crc_fixed:
         caught = sum("index checksum" in r.message for r in crc_fixed)
-        by_range = sum(r.outcome == "refused" and "index checksum" not in r.message for r in crc_fixed)
+        by_range = sum(
+            r.outcome == "refused" and "index checksum" not in r.message for r in crc_fixed
+        )
         same = sum(r.outcome == "ok" for r in crc_fixed)
         wrong = sum(r.outcome == "wrong" for r in crc_fixed)
-        lines += ["", f"payload corrupted with the container CRC recomputed: {len(crc_fixed)} cases",
-                  f"  caught by the index checksum       {caught:>6} ({100 * caught / len(crc_fixed):.1f}%)",
-                  f"  refused earlier (range decoder...) {by_range:>6}",
-                  f"  decoded, identical image (harmless){same:>6}",
-                  f"  decoded, different image (missed)  {wrong:>6}"]
+        lines += [
+            "",
+            f"payload corrupted with the container CRC recomputed: {len(crc_fixed)} cases",
+            f"  caught by the index checksum       {caught:>6} "
+            f"({100 * caught / len(crc_fixed):.1f}%)",
+            f"  refused earlier (range decoder...) {by_range:>6}",
+            f"  decoded, identical image (harmless){same:>6}",
+            f"  decoded, different image (missed)  {wrong:>6}",
+        ]
 
     worst = max(results, key=lambda r: r.rss_growth_mb, default=None)
     if worst:
-        lines += ["", f"largest peak-RSS growth in one case: {worst.rss_growth_mb:.0f} MB "
-                      f"(case {worst.case.index}, {worst.case.kind}: {worst.case.what})"]
-        big = sorted(r.rss_growth_mb for r in results if r.case.kind not in ("alpha", "forged-skinny",
-                                                                             "skinny-size"))
+        lines += [
+            "",
+            f"largest peak-RSS growth in one case: {worst.rss_growth_mb:.0f} MB "
+            f"(case {worst.case.index}, {worst.case.kind}: {worst.case.what})",
+        ]
+        big = sorted(
+            r.rss_growth_mb
+            for r in results
+            if r.case.kind not in ("alpha", "forged-skinny", "skinny-size")
+        )
         if big:
-            lines.append(f"  without the alpha and skinny mutations: max {big[-1]:.0f} MB, "
-                         f"median {big[len(big) // 2]:.1f} MB")
+            lines.append(
+                f"  without the alpha and skinny mutations: max {big[-1]:.0f} MB, "
+                f"median {big[len(big) // 2]:.1f} MB"
+            )
     lines.append(f"{len(results)} cases in {seconds:.1f} s")
     return "\n".join(lines)
 
@@ -743,7 +862,10 @@ def report_failure(r: Result, seed: int, out=sys.stdout) -> None:
     label = r.outcome.upper() if r.outcome in FAILURES else "MEMORY"
     print(f"\n=== {label} case {r.case.index} ({r.case.kind}): {r.case.what}", file=out)
     print(f"    {r.message}  [{r.seconds:.2f} s, peak RSS +{r.rss_growth_mb:.0f} MB]", file=out)
-    print(f"    replay: python benchmarks/fuzz_decode.py --seed {seed} --case {r.case.index}", file=out)
+    print(
+        f"    replay: python benchmarks/fuzz_decode.py --seed {seed} --case {r.case.index}",
+        file=out,
+    )
     if r.trace:
         print("    " + r.trace.rstrip().replace("\n", "\n    "), file=out)
 
@@ -754,17 +876,23 @@ def probe_limit(codec: Codec, samples: list[Sample], max_pixels: int = DEFAULT_M
     side = int(max_pixels**0.5) // codec.stride * codec.stride
     s = samples[0]
     top, bottom, crc = forge_streams(codec, side, side)
-    data = build(dict(s.header, mode=0, width=side, height=side, index_crc=crc), b"",
-                 fix_lengths=(top, bottom, b""))
+    data = build(
+        dict(s.header, mode=0, width=side, height=side, index_crc=crc),
+        b"",
+        fix_lengths=(top, bottom, b""),
+    )
     with PeakMeter() as meter:
         start = time.perf_counter()
         try:
-            outcome = "decoded %dx%d" % codec.decode(data, max_pixels=max_pixels).size
+            width, height = codec.decode(data, max_pixels=max_pixels).size
+            outcome = f"decoded {width}x{height}"
         except BaseException as exc:  # noqa: BLE001
             outcome = f"{type(exc).__name__}: {str(exc)[:120]}"
         seconds = time.perf_counter() - start
-    return (f"probe: a valid {side}x{side} file of {len(data)} bytes (the max_pixels limit) -> "
-            f"{outcome} in {seconds:.1f} s, peak RSS +{meter.growth_mb:.0f} MB")
+    return (
+        f"probe: a valid {side}x{side} file of {len(data)} bytes (the max_pixels limit) -> "
+        f"{outcome} in {seconds:.1f} s, peak RSS +{meter.growth_mb:.0f} MB"
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -774,19 +902,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model", type=Path, help="a .safetensors model (default: a tiny random one)")
+    parser.add_argument(
+        "--model", type=Path, help="a .safetensors model (default: a tiny random one)"
+    )
     parser.add_argument("--case", type=int, action="append", help="run only this case (repeatable)")
-    parser.add_argument("--kind", action="append", choices=list(MUTATIONS), help="only these mutations")
+    parser.add_argument(
+        "--kind", action="append", choices=list(MUTATIONS), help="only these mutations"
+    )
     parser.add_argument("--time-limit", type=float, default=5.0, help="seconds per case")
-    parser.add_argument("--mem-mb", type=float, default=200.0,
-                        help="peak-RSS growth in one case that counts as a memory failure")
-    parser.add_argument("--vm-headroom-gb", type=float, default=4.0,
-                        help="address-space cap above what is mapped at start (0: no cap)")
+    parser.add_argument(
+        "--mem-mb",
+        type=float,
+        default=200.0,
+        help="peak-RSS growth in one case that counts as a memory failure",
+    )
+    parser.add_argument(
+        "--vm-headroom-gb",
+        type=float,
+        default=4.0,
+        help="address-space cap above what is mapped at start (0: no cap)",
+    )
     parser.add_argument("--save", type=Path, help="write each failing input here as CASE.dq")
     parser.add_argument("--show", type=int, default=20, help="failures printed in full")
-    parser.add_argument("--probe-limit", action="store_true",
-                        help="also time and measure one valid file of the largest size allowed "
-                             "(informational; tens of seconds and GBs)")
+    parser.add_argument(
+        "--probe-limit",
+        action="store_true",
+        help="also time and measure one valid file of the largest size allowed "
+        "(informational; tens of seconds and GBs)",
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)
@@ -818,8 +961,10 @@ def main(argv: list[str] | None = None) -> int:
         results.append(r)
         failed = r.outcome in FAILURES or r.memory
         if args.case:
-            print(f"case {i} ({case.kind}): {case.what}\n  -> {r.outcome}: {r.message} "
-                  f"[{r.seconds * 1000:.0f} ms, peak RSS +{r.rss_growth_mb:.0f} MB]")
+            print(
+                f"case {i} ({case.kind}): {case.what}\n  -> {r.outcome}: {r.message} "
+                f"[{r.seconds * 1000:.0f} ms, peak RSS +{r.rss_growth_mb:.0f} MB]"
+            )
             if r.trace:
                 print(r.trace)
         elif failed and shown < args.show:

@@ -17,9 +17,13 @@ from dqcodec.training.trainer import split_train_val
 
 @click.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default=Path(__file__).resolve().parents[2] / "shared" / "data" / "train",
-              show_default=True, help="The training folder.")
+@click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path(__file__).resolve().parents[2] / "shared" / "data" / "train",
+    show_default=True,
+    help="The training folder.",
+)
 @click.option("--count", type=int, default=16, show_default=True, help="As train's --val-count.")
 def main(out: Path, data: Path, count: int) -> None:
     _, held_out = split_train_val(list_images(data), count)

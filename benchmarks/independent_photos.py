@@ -35,8 +35,21 @@ FROM_MATPLOTLIB = {"grace_hopper.jpg"}
 
 def skimage_images(names: list[str]) -> dict[str, bytes]:
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", SKIMAGE_WHEEL, "--no-deps",
-                        "--only-binary=:all:", "-q", "-d", tmp], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                SKIMAGE_WHEEL,
+                "--no-deps",
+                "--only-binary=:all:",
+                "-q",
+                "-d",
+                tmp,
+            ],
+            check=True,
+        )
         wheel = next(Path(tmp).glob("scikit_image-*.whl"))
         with zipfile.ZipFile(wheel) as z:
             return {name: z.read(f"skimage/data/{name}") for name in names}

@@ -18,11 +18,15 @@ from pathlib import Path
 
 import click
 
-from dqcodec.entropy_models.calibration import calibrate_photos, calibrate_synthesized, training_photos
 from dqcodec.codec import Codec, load_codec
+from dqcodec.entropy_models.calibration import (
+    calibrate_photos,
+    calibrate_synthesized,
+    training_photos,
+)
+from dqcodec.entropy_models.integer_prior import POLICIES
 from dqcodec.evaluation.datasets import list_images
 from dqcodec.evaluation.evaluate import DQCoder, evaluate, summarize
-from dqcodec.entropy_models.integer_prior import POLICIES
 from dqcodec.evaluation.rd import bd_rate
 from dqcodec.zoo import read_calibration, shipped_models
 
@@ -56,28 +60,53 @@ def codec_for(level: int, policy: str, source: str, calibrations: Calibrations) 
     shipped = load_codec(level)
     weights = shipped_models()[level].weights
     if policy == "float":
-        return Codec(shipped.model, level, shipped.rate_weight, shipped.rate_point, shipped.search_scale,
-                     policy=None)
-    return Codec(shipped.model, level, shipped.rate_weight, shipped.rate_point, shipped.search_scale,
-                 calibrations.get(shipped, weights, source), POLICIES[policy])
+        return Codec(
+            shipped.model,
+            level,
+            shipped.rate_weight,
+            shipped.rate_point,
+            shipped.search_scale,
+            policy=None,
+        )
+    return Codec(
+        shipped.model,
+        level,
+        shipped.rate_weight,
+        shipped.rate_point,
+        shipped.search_scale,
+        calibrations.get(shipped, weights, source),
+        POLICIES[policy],
+    )
 
 
 @click.command()
-@click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option(
+    "--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True
+)
 @click.option("--levels", default="1-9", show_default=True)
 @click.option("--effort", type=int, default=0, show_default=True)
 @click.option("--policies", default="uniform8,decreasing,precise-ends", show_default=True)
-@click.option("--calibrations", default="stored", show_default=True,
-              help="Comma-separated: stored, synthesized, photos.")
-@click.option("--photos", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default=Path(__file__).resolve().parents[2] / "shared" / "data" / "train", show_default=True,
-              help="Training photos for photo calibration (their training split).")
+@click.option(
+    "--calibrations",
+    default="stored",
+    show_default=True,
+    help="Comma-separated: stored, synthesized, photos.",
+)
+@click.option(
+    "--photos",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path(__file__).resolve().parents[2] / "shared" / "data" / "train",
+    show_default=True,
+    help="Training photos for photo calibration (their training split).",
+)
 @click.option("--photo-count", type=int, default=12, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
 def main(data_dir, levels, effort, policies, calibrations, photos, photo_count, json_path) -> None:
     images = list_images(data_dir)
     cache = Calibrations(training_photos(photos, photo_count) if "photos" in calibrations else [])
-    configs = [("float", "-")] + [(p, c) for p in policies.split(",") for c in calibrations.split(",")]
+    configs = [("float", "-")] + [
+        (p, c) for p in policies.split(",") for c in calibrations.split(",")
+    ]
     rows = {}
     for policy, source in configs:
         points, bits = [], {}
@@ -86,7 +115,9 @@ def main(data_dir, levels, effort, policies, calibrations, photos, photo_count, 
             results = evaluate(DQCoder(codec, effort), images, progress=False)
             points.append({"level": level, **summarize(results)})
             if policy != "float":  # per weights file: levels 4-9 share one
-                bits[shipped_models()[level].weights] = codec.integer_model(codec.rate_point).weight_bits
+                bits[shipped_models()[level].weights] = codec.integer_model(
+                    codec.rate_point
+                ).weight_bits
         rows[f"{policy}/{source}"] = {"points": points, "weight_bytes": sum(bits.values()) // 8}
         click.echo(f"{policy}/{source}: done", err=True)
     reference = rows["float/-"]
@@ -102,8 +133,17 @@ def main(data_dir, levels, effort, policies, calibrations, photos, photo_count, 
         row["bd_rate_vs_float"] = bd
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps({"data_dir": data_dir.name, "levels": levels, "effort": effort,
-                                         "configurations": rows}, indent=1))
+        json_path.write_text(
+            json.dumps(
+                {
+                    "data_dir": data_dir.name,
+                    "levels": levels,
+                    "effort": effort,
+                    "configurations": rows,
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -45,14 +45,22 @@ def offset(curve: Iterable[Point], point: Point) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--data-dir", type=Path, required=True,
-                        help="a training folder: its held-out validation split is used")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        required=True,
+        help="a training folder: its held-out validation split is used",
+    )
     parser.add_argument("--weights", default="0,0.02,0.05,0.1,0.2,0.4,0.8")
     parser.add_argument("--count", type=int, default=16, help="how many of the 16 held-out photos")
     parser.add_argument("--effort", type=int, default=DEFAULT_EFFORT)
     parser.add_argument("--search-scale", type=float, default=1.0)
-    parser.add_argument("--rate-point", type=int, help="of a variable-rate model (default: its highest)")
-    parser.add_argument("--level", type=int, help="compare with this shipped level and its neighbours")
+    parser.add_argument(
+        "--rate-point", type=int, help="of a variable-rate model (default: its highest)"
+    )
+    parser.add_argument(
+        "--level", type=int, help="compare with this shipped level and its neighbours"
+    )
     args = parser.parse_args()
 
     _, val = split_train_val(list_images(args.data_dir), 16)
@@ -66,11 +74,19 @@ def main() -> None:
             print(row(f"level {quality}", zoo_curve[quality]))
 
     model = read_model_file(args.model)
-    print(f"{'rate weight':>12}{'bpp':>9}{'PSNR':>8}" + ("   against the levels' curve" if zoo_curve else ""))
+    print(
+        f"{'rate weight':>12}{'bpp':>9}{'PSNR':>8}"
+        + ("   against the levels' curve" if zoo_curve else "")
+    )
     candidate = []
     for weight in (float(w) for w in args.weights.split(",")):
-        codec = Codec(model, quality=args.level or 0, rate_weight=weight,
-                      rate_point=args.rate_point, search_scale=args.search_scale)
+        codec = Codec(
+            model,
+            quality=args.level or 0,
+            rate_weight=weight,
+            rate_point=args.rate_point,
+            search_scale=args.search_scale,
+        )
         candidate.append(measure(codec, photos, args.effort))
         note = f"   {offset(zoo_curve.values(), candidate[-1])}" if zoo_curve else ""
         print(row(f"{weight:.3f}", candidate[-1]) + note)
@@ -78,8 +94,14 @@ def main() -> None:
     if args.level in zoo_curve:
         rate, quality = zoo_curve[args.level]
         at = psnr_at(candidate, rate)
-        print(f"at level {args.level}'s {rate:.4f} bpp the candidate gives "
-              + ("(outside its strengths' range)" if at is None else f"{at:.2f} dB ({at - quality:+.3f} dB)"))
+        print(
+            f"at level {args.level}'s {rate:.4f} bpp the candidate gives "
+            + (
+                "(outside its strengths' range)"
+                if at is None
+                else f"{at:.2f} dB ({at - quality:+.3f} dB)"
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ class DQAdapter:
 
     def __init__(self, model_path: str | None, effort: int, float_prior: bool = False):
         import torch
+
         from dqcodec import codec as dqc
         from dqcodec import zoo
         from dqcodec.errors import DQError
@@ -87,7 +88,9 @@ class DQAdapter:
                 self.label = "RANDOM weights (no shipped model)"
         if float_prior:
             c = self.codec
-            self.codec = dqc.Codec(c.model, c.quality, c.rate_weight, c.rate_point, c.search_scale, policy=None)
+            self.codec = dqc.Codec(
+                c.model, c.quality, c.rate_weight, c.rate_point, c.search_scale, policy=None
+            )
             self.label += ", float prior"
         self.max_pixels = 1 << 40
         self.effort = effort
@@ -118,6 +121,7 @@ class CompressAIAdapter:
 
     def encode(self, image):
         import torch
+
         from dqcodec.image_io import to_tensor
         from dqcodec.models.dq import pad_to_stride
 
@@ -128,6 +132,7 @@ class CompressAIAdapter:
 
     def decode(self, payload):
         import torch
+
         from dqcodec.image_io import to_image
 
         strings, shape, (h, w) = payload
@@ -139,6 +144,7 @@ class CompressAIAdapter:
     def size(payload) -> int:
         def total(s):
             return len(s) if isinstance(s, (bytes, bytearray)) else sum(total(t) for t in s)
+
         return total(payload[0])
 
 
@@ -170,7 +176,9 @@ def _peak_mb() -> float:
     return _maxrss_mb()
 
 
-def _child(queue, what: str, name: str, model_path: str | None, threads: int, arg, effort: int) -> None:
+def _child(
+    queue, what: str, name: str, model_path: str | None, threads: int, arg, effort: int
+) -> None:
     try:
         import torch
 
@@ -184,8 +192,15 @@ def _child(queue, what: str, name: str, model_path: str | None, threads: int, ar
         seconds = time.perf_counter() - t0
         peak = _peak_mb()
         del result
-        queue.put({"ok": True, "peak_mb": peak, "base_mb": base, "seconds": seconds,
-                   "ru_maxrss_mb": _maxrss_mb()})
+        queue.put(
+            {
+                "ok": True,
+                "peak_mb": peak,
+                "base_mb": base,
+                "seconds": seconds,
+                "ru_maxrss_mb": _maxrss_mb(),
+            }
+        )
     except BaseException as exc:  # report, don't hang the parent
         queue.put({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
 
@@ -205,7 +220,9 @@ def in_child(target, *args) -> dict:
     return result
 
 
-def peak_memory(what: str, name: str, model_path: str | None, threads: int, arg, effort: int) -> dict:
+def peak_memory(
+    what: str, name: str, model_path: str | None, threads: int, arg, effort: int
+) -> dict:
     result = in_child(_child, what, name, model_path, threads, arg, effort)
     if not result["ok"]:
         print(f"  ! {name} {what} child failed: {result['error']}", file=sys.stderr)
@@ -241,11 +258,15 @@ class CoderTimers:
         enc, dec, table = self.saved
         self.rc.IndexEncoder.encode = self._wrap(enc, "encode")
         self.rc.IndexDecoder.decode = self._wrap(dec, "decode")
-        self.rc.probability_table = self._wrap(table, "probability_table")  # global in encode/decode
+        self.rc.probability_table = self._wrap(
+            table, "probability_table"
+        )  # global in encode/decode
         return self
 
     def __exit__(self, *exc):
-        self.rc.IndexEncoder.encode, self.rc.IndexDecoder.decode, self.rc.probability_table = self.saved
+        self.rc.IndexEncoder.encode, self.rc.IndexDecoder.decode, self.rc.probability_table = (
+            self.saved
+        )
 
     def reset(self):
         for key in self.totals:
@@ -279,14 +300,18 @@ def load_images(args) -> list[tuple[str, object]]:
         if args.large_source:
             source = Path(args.large_source)
         else:
-            photos = sorted(p for p in Path(args.train_dir).iterdir() if p.suffix.lower() in SUFFIXES)
+            photos = sorted(
+                p for p in Path(args.train_dir).iterdir() if p.suffix.lower() in SUFFIXES
+            )
             if not photos:
                 sys.exit(f"no photo in {args.train_dir} to build the large image from")
             source = photos[0]
         large = ImageOps.fit(read(source), LARGE_SIZE, method=Image.Resampling.LANCZOS)
         images.append((f"{source.stem}@{LARGE_SIZE[0]}x{LARGE_SIZE[1]}", large))
-    return [(f"{name}[crop{args.max_side}]" if args.max_side else name, center_crop(im, args.max_side))
-            for name, im in images]
+    return [
+        (f"{name}[crop{args.max_side}]" if args.max_side else name, center_crop(im, args.max_side))
+        for name, im in images
+    ]
 
 
 # --------------------------------------------------------------------------- main
@@ -307,7 +332,7 @@ class Samples:
     size: int = 0
     label: str = ""
 
-    def extend(self, other: "Samples") -> None:
+    def extend(self, other: Samples) -> None:
         """Append other's timings (the list fields); take its payload, size and label."""
         for f in fields(self):
             mine, theirs = getattr(self, f.name), getattr(other, f.name)
@@ -336,21 +361,29 @@ def time_run(codec, image, timers: CoderTimers | None, samples: Samples) -> None
 
 
 def summary(image, s: Samples) -> dict:
-    out = {"encode_s": statistics.median(s.enc), "decode_s": statistics.median(s.dec),
-           "encode_runs_s": s.enc, "decode_runs_s": s.dec,
-           "bpp": s.size * 8 / (image.width * image.height), "payload": s.payload}
+    out = {
+        "encode_s": statistics.median(s.enc),
+        "decode_s": statistics.median(s.dec),
+        "encode_runs_s": s.enc,
+        "decode_runs_s": s.dec,
+        "bpp": s.size * 8 / (image.width * image.height),
+        "payload": s.payload,
+    }
     if s.coder_enc:
         out["range_coder"] = {
-            "encode_share": sum(s.coder_enc) / sum(s.enc), "decode_share": sum(s.coder_dec) / sum(s.dec),
-            "encode_s": statistics.median(s.coder_enc), "decode_s": statistics.median(s.coder_dec),
+            "encode_share": sum(s.coder_enc) / sum(s.enc),
+            "decode_share": sum(s.coder_dec) / sum(s.dec),
+            "encode_s": statistics.median(s.coder_enc),
+            "decode_s": statistics.median(s.coder_dec),
             "probability_table_encode_s": statistics.median(s.tables_enc),
             "probability_table_decode_s": statistics.median(s.tables_dec),
         }
     return out
 
 
-def _timing_child(queue, name: str, model_path: str | None, threads: int, image, runs: int,
-                  effort: int) -> None:
+def _timing_child(
+    queue, name: str, model_path: str | None, threads: int, image, runs: int, effort: int
+) -> None:
     try:
         import torch
 
@@ -372,8 +405,9 @@ def _timing_child(queue, name: str, model_path: str | None, threads: int, image,
         queue.put({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
 
 
-def time_codecs(names: list, image, runs: int, rounds: int, model_path: str | None, threads: int,
-                effort: int) -> dict:
+def time_codecs(
+    names: list, image, runs: int, rounds: int, model_path: str | None, threads: int, effort: int
+) -> dict:
     """Each named codec's Samples on one image. Each codec is timed in a process of its own
     (a warm-up, then `runs` timed runs), so that none inherits another's memory layout: in one
     shared process the hyperprior's kodim23 encode took 0.22-0.29 s depending on what ran
@@ -414,35 +448,68 @@ def fmt(value, spec=".3f"):
 
 
 def main(argv=None) -> int:
-    from dqcodec.models.encoder_search import DEFAULT_EFFORT  # dqcodec (torch) loads lazily, as in the adapters
+    from dqcodec.models.encoder_search import (
+        DEFAULT_EFFORT,
+    )  # dqcodec (torch) loads lazily, as in the adapters
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--image", help="image to code (default: --kodak-image from --kodak-dir)")
-    parser.add_argument("--kodak-dir", default=os.path.relpath(REPO.parent / "shared" / "data" / "kodak"))
+    parser.add_argument(
+        "--kodak-dir", default=os.path.relpath(REPO.parent / "shared" / "data" / "kodak")
+    )
     parser.add_argument("--kodak-image", default="kodim23.png")
-    parser.add_argument("--large", action="store_true",
-                        help=f"also a {LARGE_SIZE[0]}x{LARGE_SIZE[1]} image upscaled (LANCZOS) from a photo")
-    parser.add_argument("--train-dir", default=os.path.relpath(REPO.parent / "shared" / "data" / "train"),
-                        help="where the large image's source photo comes from (first by name)")
+    parser.add_argument(
+        "--large",
+        action="store_true",
+        help=f"also a {LARGE_SIZE[0]}x{LARGE_SIZE[1]} image upscaled (LANCZOS) from a photo",
+    )
+    parser.add_argument(
+        "--train-dir",
+        default=os.path.relpath(REPO.parent / "shared" / "data" / "train"),
+        help="where the large image's source photo comes from (first by name)",
+    )
     parser.add_argument("--large-source", help="the photo to upscale for --large")
     parser.add_argument("--max-side", type=int, help="center-crop every image to at most this side")
-    parser.add_argument("--runs", type=int, default=3,
-                        help="timed runs per round, after one warm-up (each round a fresh process per codec)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds in which the codecs take turns (default 3); the median is over all runs")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=3,
+        help="timed runs per round, after one warm-up (each round a fresh process per codec)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds in which the codecs take turns (default 3); the median is over all runs",
+    )
     parser.add_argument("--model", help="dqcodec model file (default: the shipped default model)")
-    parser.add_argument("--codecs", default=",".join(CODECS), help="comma-separated subset of "
-                        + ", ".join(CODECS))
+    parser.add_argument(
+        "--codecs", default=",".join(CODECS), help="comma-separated subset of " + ", ".join(CODECS)
+    )
     parser.add_argument("--skip-slow", action="store_true", help="skip mbt2018 on the large image")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
-    parser.add_argument("--effort", type=int, default=DEFAULT_EFFORT,
-                        help=f"dqcodec's encoder search level (default {DEFAULT_EFFORT}, as `dqcodec encode`)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: as a dqcodec command chooses: the cores this process may use)")
-    parser.add_argument("--busy", action="store_true",
-                        help="time every codec twice: on the idle machine, then with one core kept busy "
-                        "by another process (a spinning loop), and print busy/idle")
+    parser.add_argument(
+        "--effort",
+        type=int,
+        default=DEFAULT_EFFORT,
+        help=f"dqcodec's encoder search level (default {DEFAULT_EFFORT}, as `dqcodec encode`)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help=(
+            "torch threads (default: as a dqcodec command chooses: the cores this process may use)"
+        ),
+    )
+    parser.add_argument(
+        "--busy",
+        action="store_true",
+        help="time every codec twice: on the idle machine, then with one core kept busy "
+        "by another process (a spinning loop), and print busy/idle",
+    )
     parser.add_argument("--json", help="save the results to this file")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.rounds < 1:
@@ -459,23 +526,36 @@ def main(argv=None) -> int:
     images = load_images(args)
     large_names = {images[-1][0]} if args.large else set()
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"{platform.processor() or platform.machine()}; {args.rounds} round(s) of a warm-up and {args.runs} timed run(s)")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+        f"{platform.processor() or platform.machine()}; {args.rounds} round(s) of a warm-up "
+        f"and {args.runs} timed run(s)"
+    )
     labels = {}  # each codec as its timing children describe it
     rows = []
     for image_name, image in images:
-        timed = [name for name in names
-                 if not (name == "mbt2018" and args.skip_slow and image_name in large_names)]
+        timed = [
+            name
+            for name in names
+            if not (name == "mbt2018" and args.skip_slow and image_name in large_names)
+        ]
         if len(timed) < len(names):
             print(f"mbt2018 on {image_name}: skipped (--skip-slow)")
-        print(f"{', '.join(timed)} on {image_name} ({image.width}x{image.height}), "
-              f"{args.rounds} round(s) ...", flush=True)
+        print(
+            f"{', '.join(timed)} on {image_name} ({image.width}x{image.height}), "
+            f"{args.rounds} round(s) ...",
+            flush=True,
+        )
         loads = ("idle", "busy") if args.busy else ("idle",)
         timings = []
         for load in loads:
             with busy_core(load == "busy"):
-                timings += [(load, name, samples) for name, samples in time_codecs(
-                    timed, image, args.runs, args.rounds, args.model, args.threads, args.effort).items()]
+                timings += [
+                    (load, name, samples)
+                    for name, samples in time_codecs(
+                        timed, image, args.runs, args.rounds, args.model, args.threads, args.effort
+                    ).items()
+                ]
         for load, name, samples in timings:
             if name not in labels:
                 labels[name] = samples.label
@@ -488,10 +568,12 @@ def main(argv=None) -> int:
                 rows.append(row)
                 continue
             if not args.no_memory:
-                row["memory_encode"] = peak_memory("encode", name, args.model, args.threads, image,
-                                                    args.effort)
-                row["memory_decode"] = peak_memory("decode", name, args.model, args.threads, payload,
-                                                    args.effort)
+                row["memory_encode"] = peak_memory(
+                    "encode", name, args.model, args.threads, image, args.effort
+                )
+                row["memory_decode"] = peak_memory(
+                    "decode", name, args.model, args.threads, payload, args.effort
+                )
             row.update(codec=name, image=image_name, width=image.width, height=image.height)
             rows.append(row)
 
@@ -500,16 +582,20 @@ def main(argv=None) -> int:
         return m[key] if m and m.get("ok") else None
 
     print()
-    header = (f"{'codec':<11} {'image':<34} {'bpp':>6} {'encode s':>9} {'decode s':>9} "
-              f"{'peak MB enc':>11} {'peak MB dec':>11} {'base MB':>8}")
+    header = (
+        f"{'codec':<11} {'image':<34} {'bpp':>6} {'encode s':>9} {'decode s':>9} "
+        f"{'peak MB enc':>11} {'peak MB dec':>11} {'base MB':>8}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         if r["load"] == "busy":
             continue
-        print(f"{r['codec']:<11} {r['image'][:34]:<34} {r['bpp']:>6.3f} {r['encode_s']:>9.3f} "
-              f"{r['decode_s']:>9.3f} {fmt(mem(r, 'encode'), '.0f'):>11} "
-              f"{fmt(mem(r, 'decode'), '.0f'):>11} {fmt(mem(r, 'decode', 'base_mb'), '.0f'):>8}")
+        print(
+            f"{r['codec']:<11} {r['image'][:34]:<34} {r['bpp']:>6.3f} {r['encode_s']:>9.3f} "
+            f"{r['decode_s']:>9.3f} {fmt(mem(r, 'encode'), '.0f'):>11} "
+            f"{fmt(mem(r, 'decode'), '.0f'):>11} {fmt(mem(r, 'decode', 'base_mb'), '.0f'):>8}"
+        )
 
     ratios = []
     by_key = {(r["codec"], r["image"]): r for r in rows if r["load"] == "idle"}
@@ -518,9 +604,11 @@ def main(argv=None) -> int:
         print("\nwith one core kept busy by another process:")
         for r in busy:
             idle = by_key[(r["codec"], r["image"])]
-            print(f"  {r['codec']:<14} {r['image'][:30]:<30} encode {r['encode_s']:.3f} s "
-                  f"({r['encode_s'] / idle['encode_s']:.2f}x idle), decode {r['decode_s']:.3f} s "
-                  f"({r['decode_s'] / idle['decode_s']:.2f}x idle)")
+            print(
+                f"  {r['codec']:<14} {r['image'][:30]:<30} encode {r['encode_s']:.3f} s "
+                f"({r['encode_s'] / idle['encode_s']:.2f}x idle), decode {r['decode_s']:.3f} s "
+                f"({r['decode_s'] / idle['decode_s']:.2f}x idle)"
+            )
     for image_name, _ in images:
         dq = by_key.get(("dqcodec", image_name))
         if dq is None:
@@ -531,37 +619,60 @@ def main(argv=None) -> int:
             def ratio(a, b):
                 return a / b if a is not None and b else None
 
-            ratios.append({
-                "image": image_name, "versus": other,
-                "encode": ratio(dq["encode_s"], o and o["encode_s"]),
-                "decode": ratio(dq["decode_s"], o and o["decode_s"]),
-                "peak_encode": ratio(mem(dq, "encode"), o and mem(o, "encode")),
-                "peak_decode": ratio(mem(dq, "decode"), o and mem(o, "decode")),
-            })
+            ratios.append(
+                {
+                    "image": image_name,
+                    "versus": other,
+                    "encode": ratio(dq["encode_s"], o and o["encode_s"]),
+                    "decode": ratio(dq["decode_s"], o and o["decode_s"]),
+                    "peak_encode": ratio(mem(dq, "encode"), o and mem(o, "encode")),
+                    "peak_decode": ratio(mem(dq, "decode"), o and mem(o, "decode")),
+                }
+            )
     if ratios:
-        print(f"\n{'ratio':<22} {'image':<34} {'encode':>7} {'decode':>7} {'peak enc':>9} {'peak dec':>9}")
+        print(
+            f"\n{'ratio':<22} {'image':<34} {'encode':>7} {'decode':>7} "
+            f"{'peak enc':>9} {'peak dec':>9}"
+        )
         for q in ratios:
-            print(f"{'dqcodec/' + q['versus']:<22} {q['image'][:34]:<34} {fmt(q['encode'], '.2f'):>7} "
-                  f"{fmt(q['decode'], '.2f'):>7} {fmt(q['peak_encode'], '.2f'):>9} "
-                  f"{fmt(q['peak_decode'], '.2f'):>9}")
+            print(
+                f"{'dqcodec/' + q['versus']:<22} {q['image'][:34]:<34} "
+                f"{fmt(q['encode'], '.2f'):>7} "
+                f"{fmt(q['decode'], '.2f'):>7} {fmt(q['peak_encode'], '.2f'):>9} "
+                f"{fmt(q['peak_decode'], '.2f'):>9}"
+            )
 
     for r in (r for r in rows if r["load"] == "idle"):
         if "range_coder" in r and r["codec"] == "dqcodec":
             c = r["range_coder"]
-            print(f"\ndqcodec range coder on {r['image']}: encode {c['encode_share']:.1%} of the time "
-                  f"({c['encode_s']:.3f} s, of which probability tables {c['probability_table_encode_s']:.3f} s), "
-                  f"decode {c['decode_share']:.1%} ({c['decode_s']:.3f} s, tables "
-                  f"{c['probability_table_decode_s']:.3f} s); networks and the rest: "
-                  f"{1 - c['encode_share']:.1%} / {1 - c['decode_share']:.1%}")
+            print(
+                f"\ndqcodec range coder on {r['image']}: "
+                f"encode {c['encode_share']:.1%} of the time "
+                f"({c['encode_s']:.3f} s, of which probability tables "
+                f"{c['probability_table_encode_s']:.3f} s), "
+                f"decode {c['decode_share']:.1%} ({c['decode_s']:.3f} s, tables "
+                f"{c['probability_table_decode_s']:.3f} s); networks and the rest: "
+                f"{1 - c['encode_share']:.1%} / {1 - c['decode_share']:.1%}"
+            )
         if r["codec"] == "dqcodec" and (r["width"], r["height"]) == LARGE_SIZE:
             peak = mem(r, "decode")
             if peak is not None:
-                print(f"4K decode peak RSS {peak:.0f} MB: {'within' if peak < 2048 else 'OVER'} the 2048 MB target")
+                print(
+                    f"4K decode peak RSS {peak:.0f} MB: "
+                    f"{'within' if peak < 2048 else 'OVER'} the 2048 MB target"
+                )
 
     if args.json:
-        result = {"args": vars(args), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                  "cpus": os.cpu_count(), "platform": platform.platform(),
-                  "codecs": labels, "rows": rows, "ratios": ratios}
+        result = {
+            "args": vars(args),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "codecs": labels,
+            "rows": rows,
+            "ratios": ratios,
+        }
         Path(args.json).write_text(json.dumps(result, indent=2))
         print(f"\nsaved {args.json}")
     return 0

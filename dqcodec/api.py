@@ -20,13 +20,23 @@ def load_model(quality: int | None = None, path: str | Path | None = None) -> Co
     return load_codec(quality, path)
 
 
-def encode(image: ImageInput, quality: int | None = None,
-           model: str | Path | None = None, effort: int = DEFAULT_EFFORT) -> bytes:
+def encode(
+    image: ImageInput,
+    quality: int | None = None,
+    model: str | Path | None = None,
+    effort: int = DEFAULT_EFFORT,
+) -> bytes:
     """image: a PIL image or the path of an image file. effort: how hard the encoder searches
     for the image's codes, 0 (none, fastest) to 2; decoding is the same for all."""
     if not isinstance(image, (Image.Image, str, os.PathLike)):
-        raise TypeError(f"encode takes a PIL image or a path, not {type(image).__name__}"
-                        + (" (to decode .dq data, use dqcodec.decode)" if isinstance(image, (bytes, bytearray)) else ""))
+        raise TypeError(
+            f"encode takes a PIL image or a path, not {type(image).__name__}"
+            + (
+                " (to decode .dq data, use dqcodec.decode)"
+                if isinstance(image, (bytes, bytearray))
+                else ""
+            )
+        )
     return load_codec(quality, model).encode(image, effort)
 
 
@@ -54,4 +64,6 @@ def _read(data: DQInput) -> bytes:
         if isinstance(content, (bytes, bytearray)):
             return bytes(content)
         raise TypeError("decode needs a file opened in binary mode ('rb'), not text mode")
-    raise TypeError(f"decode takes bytes, a path or a binary file object, not {type(data).__name__}")
+    raise TypeError(
+        f"decode takes bytes, a path or a binary file object, not {type(data).__name__}"
+    )

@@ -11,16 +11,21 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from dqcodec.entropy_models.calibration import calibrate_synthesized
+from dqcodec import zoo
 from dqcodec.container import VERSION, DQFile
+from dqcodec.entropy_models.calibration import calibrate_synthesized
+from dqcodec.entropy_models.integer_prior import (
+    DEFAULT_POLICY,
+    IntegerModel,
+    Policy,
+    derive,
+    integer_id,
+)
 from dqcodec.errors import DQError
 from dqcodec.image_io import open_image, split_alpha, to_image, to_tensor
-from dqcodec.entropy_models.integer_prior import DEFAULT_POLICY, IntegerModel, Policy, derive, integer_id
 from dqcodec.models.dq import DQModel, pad_to_stride
-from dqcodec.options import DEFAULT_MAX_PIXELS
 from dqcodec.models.encoder_search import DEFAULT_EFFORT, encoder_features
-from dqcodec import zoo
-
+from dqcodec.options import DEFAULT_MAX_PIXELS
 
 # Files of format version 1 were coded with the float prior, whose results depend on the
 # thread count: they decode with the thread count that encoded them.
@@ -51,9 +56,16 @@ class EncodeResult:
 
 
 class Codec:
-    def __init__(self, model: DQModel, quality: int = 0, rate_weight: float | None = None,
-                 rate_point: int | None = None, search_scale: float = 1.0,
-                 calibration: dict | None = None, policy: Policy | None = DEFAULT_POLICY):
+    def __init__(
+        self,
+        model: DQModel,
+        quality: int = 0,
+        rate_weight: float | None = None,
+        rate_point: int | None = None,
+        search_scale: float = 1.0,
+        calibration: dict | None = None,
+        policy: Policy | None = DEFAULT_POLICY,
+    ):
         """rate_point: which rate point of a variable-rate model encodes (default the
         highest); rate_weight: the assignment strength (default the trained one);
         search_scale: multiplies the step size of the encoder search (effort > 0);
@@ -66,7 +78,9 @@ class Codec:
         if rate_point is None:
             rate_point = points - 1
         if not 0 <= rate_point < points:
-            raise DQError(f"rate point {rate_point} does not exist: the model has {points} (0-{points - 1})")
+            raise DQError(
+                f"rate point {rate_point} does not exist: the model has {points} (0-{points - 1})"
+            )
         if not search_scale > 0:
             raise DQError(f"search scale {search_scale} must be positive")
         self.float_model_id = zoo.model_id(model)  # what files of format version 1 name
@@ -84,7 +98,11 @@ class Codec:
 
     @cached_property
     def calibration(self) -> dict:
-        return self._calibration if self._calibration is not None else calibrate_synthesized(self.model)
+        return (
+            self._calibration
+            if self._calibration is not None
+            else calibrate_synthesized(self.model)
+        )
 
     @cached_property
     def model_id(self) -> bytes:
@@ -111,20 +129,42 @@ class Codec:
         this image (slower encoding, same decoding; see models/encoder_search.py)."""
         rgb, alpha, mode = split_alpha(image)
         x = pad_to_stride(to_tensor(rgb), self.stride)
-        features = encoder_features(self.model, x, self.rate_point, effort, self.rate_weight,
-                                    size=(rgb.height, rgb.width), step_scale=self.search_scale)
-        if self.policy is None:  # format version 1: the float prior, with the threads it decodes with
+        features = encoder_features(
+            self.model,
+            x,
+            self.rate_point,
+            effort,
+            self.rate_weight,
+            size=(rgb.height, rgb.width),
+            step_scale=self.search_scale,
+        )
+        if (
+            self.policy is None
+        ):  # format version 1: the float prior, with the threads it decodes with
             integer = None
             with fixed_threads():
                 out = self.model.compress(x, self.rate_weight, self.rate_point, features=features)
         else:
             integer = self.integer_model(self.rate_point)
-            out = self.model.compress(x, self.rate_weight, self.rate_point, features=features, integer=integer)
+            out = self.model.compress(
+                x, self.rate_weight, self.rate_point, features=features, integer=integer
+            )
         top, bottom = out["strings"]
         alpha_bytes = zlib.compress(alpha.tobytes(), 9) if alpha is not None else b""
         crc = index_checksum(out["indices"]["top"], out["indices"]["bottom"])
-        dq = DQFile(mode, self.quality, self.rate_point, self.model_id, rgb.width, rgb.height, top, bottom,
-                    alpha_bytes, crc, version=1 if integer is None else VERSION)
+        dq = DQFile(
+            mode,
+            self.quality,
+            self.rate_point,
+            self.model_id,
+            rgb.width,
+            rgb.height,
+            top,
+            bottom,
+            alpha_bytes,
+            crc,
+            version=1 if integer is None else VERSION,
+        )
         return EncodeResult(dq.to_bytes(), out["information_bits"])
 
     def encode(self, image: Image.Image | str | Path, effort: int = DEFAULT_EFFORT) -> bytes:
@@ -139,16 +179,22 @@ class Codec:
         shape = (-(-dq.height // self.stride), -(-dq.width // self.stride))
         padded = shape[0] * shape[1] * self.stride**2  # what the model really decodes
         if padded > max_pixels:
-            raise DQError(f"image is {dq.width}x{dq.height} ({padded} pixels once padded), over "
-                          f"the limit of {max_pixels} pixels (raise it with --max-pixels)")
+            raise DQError(
+                f"image is {dq.width}x{dq.height} ({padded} pixels once padded), over "
+                f"the limit of {max_pixels} pixels (raise it with --max-pixels)"
+            )
         alpha = alpha_plane(dq)
         try:
             if dq.version == 1:
                 with fixed_threads():
                     out = self.model.decompress([dq.top, dq.bottom], shape, dq.rate_point)
             else:
-                out = self.model.decompress([dq.top, dq.bottom], shape, dq.rate_point,
-                                            integer=self.integer_model(dq.rate_point))
+                out = self.model.decompress(
+                    [dq.top, dq.bottom],
+                    shape,
+                    dq.rate_point,
+                    integer=self.integer_model(dq.rate_point),
+                )
         except (ValueError, RuntimeError) as exc:
             raise DQError(f"cannot decode the .dq payload ({exc})") from None
         if index_checksum(out["indices"]["top"], out["indices"]["bottom"]) != dq.index_crc:
@@ -165,11 +211,15 @@ class Codec:
         if dq.version > 1 and self.policy is None:
             raise DQError("this codec has no integer prior; files of format version 2 need one")
         if dq.model_id != expected:
-            raise DQError(f"file was encoded with model {dq.model_id.hex()} (quality {dq.quality}), "
-                          f"not with this one ({expected.hex()}); pass the matching --model")
+            raise DQError(
+                f"file was encoded with model {dq.model_id.hex()} (quality {dq.quality}), "
+                f"not with this one ({expected.hex()}); pass the matching --model"
+            )
         if dq.rate_point >= self.model.config.rate_points:
-            raise DQError(f"corrupt .dq header: rate point {dq.rate_point}, but the model has "
-                          f"{self.model.config.rate_points}")
+            raise DQError(
+                f"corrupt .dq header: rate point {dq.rate_point}, but the model has "
+                f"{self.model.config.rate_points}"
+            )
 
 
 def alpha_plane(dq: DQFile) -> Image.Image | None:
@@ -194,14 +244,26 @@ def alpha_plane(dq: DQFile) -> Image.Image | None:
 @lru_cache(maxsize=8)
 def _load(quality: int | None, path: str | None, rate_point: int | None = None) -> Codec:
     if path is not None:
-        return Codec(_read_weights(Path(path)), rate_point=rate_point, calibration=_read_calibration(Path(path)))
+        return Codec(
+            _read_weights(Path(path)),
+            rate_point=rate_point,
+            calibration=_read_calibration(Path(path)),
+        )
     levels = zoo.shipped_models()
     q = zoo.default_quality() if quality is None else quality
     if q not in levels:
-        raise DQError(f"no model for quality {q} (available: {', '.join(map(str, levels)) or 'none'})")
+        raise DQError(
+            f"no model for quality {q} (available: {', '.join(map(str, levels)) or 'none'})"
+        )
     level = levels[q]
-    return Codec(_read_weights(level.weights), q, level.rate_weight, level.rate_point, level.search_scale,
-                 _read_calibration(level.weights))
+    return Codec(
+        _read_weights(level.weights),
+        q,
+        level.rate_weight,
+        level.rate_point,
+        level.search_scale,
+        _read_calibration(level.weights),
+    )
 
 
 @lru_cache(maxsize=4)
@@ -216,8 +278,9 @@ def _read_calibration(path: Path) -> dict | None:
     return zoo.read_calibration(path)
 
 
-def load_codec(quality: int | None = None, path: str | Path | None = None,
-               rate_point: int | None = None) -> Codec:
+def load_codec(
+    quality: int | None = None, path: str | Path | None = None, rate_point: int | None = None
+) -> Codec:
     """A shipped quality level, or a model file (at one of its rate points)."""
     return _load(quality, str(path) if path is not None else None, rate_point)
 
@@ -229,5 +292,7 @@ def codec_for_file(data: bytes, path: str | Path | None = None) -> Codec:
     dq = DQFile.from_bytes(data)
     if dq.quality in zoo.shipped_models():
         return load_codec(dq.quality)
-    raise DQError(f"file was encoded with a model that is not shipped (id {dq.model_id.hex()}); "
-                  "pass it with --model")
+    raise DQError(
+        f"file was encoded with a model that is not shipped (id {dq.model_id.hex()}); "
+        "pass it with --model"
+    )

@@ -44,25 +44,48 @@ class DQFile:
     version: int = VERSION
 
     def to_bytes(self) -> bytes:
-        fields = _FIELDS.pack(self.version, MODES.index(self.mode), self.quality, self.rate_point, self.model_id,
-                              self.width, self.height, len(self.top), len(self.bottom),
-                              len(self.alpha), self.index_crc)
+        fields = _FIELDS.pack(
+            self.version,
+            MODES.index(self.mode),
+            self.quality,
+            self.rate_point,
+            self.model_id,
+            self.width,
+            self.height,
+            len(self.top),
+            len(self.bottom),
+            len(self.alpha),
+            self.index_crc,
+        )
         payload = self.top + self.bottom + self.alpha
         return MAGIC + fields + _CRC.pack(zlib.crc32(fields + payload)) + payload
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "DQFile":
+    def from_bytes(cls, data: bytes) -> DQFile:
         if len(data) < 4 or data[:4] != MAGIC:
             raise FormatError("not a .dq file (bad magic bytes)")
         if len(data) < HEADER_SIZE:
             raise FormatError("truncated .dq file (incomplete header)")
         fields = data[len(MAGIC) : HEADER_SIZE - _CRC.size]
-        (version, mode, quality, rate_point, model_id, width, height, n_top, n_bottom, n_alpha,
-         index_crc) = _FIELDS.unpack(fields)
+        (
+            version,
+            mode,
+            quality,
+            rate_point,
+            model_id,
+            width,
+            height,
+            n_top,
+            n_bottom,
+            n_alpha,
+            index_crc,
+        ) = _FIELDS.unpack(fields)
         (crc,) = _CRC.unpack_from(data, HEADER_SIZE - _CRC.size)
         if version not in READABLE_VERSIONS:
-            raise FormatError(f"unsupported .dq format version {version} (this build reads "
-                              f"{', '.join(map(str, READABLE_VERSIONS))})")
+            raise FormatError(
+                f"unsupported .dq format version {version} (this build reads "
+                f"{', '.join(map(str, READABLE_VERSIONS))})"
+            )
         expected = HEADER_SIZE + n_top + n_bottom + n_alpha
         if len(data) != expected:
             kind = "truncated" if len(data) < expected else "trailing data after"
@@ -75,5 +98,16 @@ class DQFile:
             raise FormatError(f"corrupt .dq header (alpha data in a {MODES[mode]} file)")
         top_end = HEADER_SIZE + n_top
         bottom_end = top_end + n_bottom
-        return cls(MODES[mode], quality, rate_point, model_id, width, height, data[HEADER_SIZE:top_end],
-                   data[top_end:bottom_end], data[bottom_end:], index_crc, version)
+        return cls(
+            MODES[mode],
+            quality,
+            rate_point,
+            model_id,
+            width,
+            height,
+            data[HEADER_SIZE:top_end],
+            data[top_end:bottom_end],
+            data[bottom_end:],
+            index_crc,
+            version,
+        )

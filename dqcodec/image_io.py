@@ -51,7 +51,9 @@ def _to_8bit_gray(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        return Image.fromarray(np.clip(np.round(array * 255.0 / peak), 0, 255).astype(np.uint8), "L")
+        return Image.fromarray(
+            np.clip(np.round(array * 255.0 / peak), 0, 255).astype(np.uint8), "L"
+        )
     return image.convert("L")
 
 

@@ -67,5 +67,7 @@ class IndexDecoder:
         try:
             symbols = self._coder.decode(_MODEL, probs)
         except AssertionError:  # constriction's way of saying the data cannot come from this model
-            raise ValueError("range-coded data is invalid under the model's probabilities") from None
+            raise ValueError(
+                "range-coded data is invalid under the model's probabilities"
+            ) from None
         return torch.from_numpy(symbols.astype(np.int64)).reshape(logits.shape[:-1])

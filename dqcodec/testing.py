@@ -1,4 +1,5 @@
-"""A tiny random model and synthetic photos, for tests and the fuzzer (no trained weights needed)."""
+"""A tiny random model and synthetic photos, for tests and the fuzzer (no trained weights
+needed)."""
 
 from __future__ import annotations
 

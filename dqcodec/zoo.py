@@ -12,12 +12,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from dqcodec.models.config import ModelConfig
 from dqcodec.errors import DQError
+from dqcodec.models.config import ModelConfig
 from dqcodec.models.dq import DQModel
 from dqcodec.options import WEIGHTS_PACKAGE, manifest
 from dqcodec.options import default_quality as manifest_default
-
 
 
 class ModelError(DQError):
@@ -33,16 +32,24 @@ class Level:
     weights: Path
     rate_weight: float | None  # None: the strength the model was trained with
     rate_point: int | None = None  # of a variable-rate model; None: its highest
-    search_scale: float = 1.0  # multiplies the encoder search's step size (models/encoder_search.py)
+    search_scale: float = (
+        1.0  # multiplies the encoder search's step size (models/encoder_search.py)
+    )
 
 
 def shipped_models() -> dict[int, Level]:
     """Quality level -> Level, from models/zoo.json."""
     folder = resources.files(WEIGHTS_PACKAGE)
     levels = manifest().get("levels", {})
-    return {int(q): Level(Path(str(folder / entry["weights"])), entry.get("rate_weight"),
-                          entry.get("rate_point"), entry.get("search_scale", 1.0))
-            for q, entry in sorted(levels.items(), key=lambda kv: int(kv[0]))}
+    return {
+        int(q): Level(
+            Path(str(folder / entry["weights"])),
+            entry.get("rate_weight"),
+            entry.get("rate_point"),
+            entry.get("search_scale", 1.0),
+        )
+        for q, entry in sorted(levels.items(), key=lambda kv: int(kv[0]))
+    }
 
 
 def default_quality() -> int:
@@ -105,7 +112,9 @@ def _float_state(stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_model(model: DQModel, path: Path, precision: str = "fp16", calibration: dict | None = None) -> None:
+def save_model(
+    model: DQModel, path: Path, precision: str = "fp16", calibration: dict | None = None
+) -> None:
     """Weights only; fp16 and int8 (per-channel, convolution weights only) are cast back to
     fp32 on load. The integer prior's calibration goes into the metadata (default: calibrated
     on synthesized codes now), so every machine derives the same integer prior."""
@@ -115,8 +124,12 @@ def save_model(model: DQModel, path: Path, precision: str = "fp16", calibration:
         from dqcodec.entropy_models.calibration import calibrate_synthesized
 
         calibration = calibrate_synthesized(model)
-    meta = {"format": "dqcodec", "config": model.config.to_json(), "precision": precision,
-            "calibration": json.dumps(calibration, sort_keys=True)}
+    meta = {
+        "format": "dqcodec",
+        "config": model.config.to_json(),
+        "precision": precision,
+        "calibration": json.dumps(calibration, sort_keys=True),
+    }
     save_file(_stored_tensors(model, precision), str(path), metadata=meta)
 
 

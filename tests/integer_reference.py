@@ -2,8 +2,9 @@
 
 It reads the integers an IntegerModel holds (weights, biases, multipliers, tables) and
 recomputes every pass's frequency table with NumPy's integer arithmetic only (no BLAS, no
-torch kernel), written from the description in dqcodec/entropy_models/integer_prior.py rather than from its
-code: direct sums over kernel taps, explicit zero insertion for transposed convolutions.
+torch kernel), written from the description in dqcodec/entropy_models/integer_prior.py rather
+than from its code: direct sums over kernel taps, explicit zero insertion for transposed
+convolutions.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ def conv(x: np.ndarray, layer, zero: int) -> np.ndarray:
         for dx in range(k):
             tap = weight[(dy * k + dx) * c : (dy * k + dx + 1) * c]
             acc += padded[dy : dy + h, dx : dx + w] @ tap
-    out = (((acc + _i64(layer.bias)) * _i64(layer.multiplier) + (1 << (layer.shift - 1))) >> layer.shift)
+    out = (
+        (acc + _i64(layer.bias)) * _i64(layer.multiplier) + (1 << (layer.shift - 1))
+    ) >> layer.shift
     return np.clip(out + _i64(layer.offset), _i64(layer.low), _i64(layer.high))
 
 
@@ -47,8 +50,9 @@ def gelu_conv(step, wide: np.ndarray) -> np.ndarray:
     return conv(table(step.table, wide), step.conv, step.zero)
 
 
-def frequencies(logits: np.ndarray, exp_table: np.ndarray, exp_bits: int = 26,
-                total_bits: int = 24) -> np.ndarray:
+def frequencies(
+    logits: np.ndarray, exp_table: np.ndarray, exp_bits: int = 26, total_bits: int = 24
+) -> np.ndarray:
     k = logits.shape[-1]
     delta = np.minimum(logits.max(-1, keepdims=True) - logits, len(exp_table) - 1)
     weights = exp_table[delta]
@@ -67,7 +71,9 @@ def precision_parts(precision: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mantissa, shift
 
 
-def level_tables(prior, cond: np.ndarray, indices: np.ndarray, exp_table: np.ndarray) -> list[np.ndarray]:
+def level_tables(
+    prior, cond: np.ndarray, indices: np.ndarray, exp_table: np.ndarray
+) -> list[np.ndarray]:
     """Frequency tables (G_s, n, K) of every pass, for known indices (G, H, W) of one image."""
     gs, d, sc = prior.groups_per_slice, prior.dim, prior.slice_channels
     groups, h, w = indices.shape
@@ -97,15 +103,22 @@ def level_tables(prior, cond: np.ndarray, indices: np.ndarray, exp_table: np.nda
         g_index = np.arange(gs)[:, None, None]
         d_index = np.arange(d)[None, None, :]
         mantissa, shift = precision_parts(prior.precision.numpy()[g0 : g0 + gs])
-        mantissa, shift = mantissa[g_index, d_index, step], shift[g_index, d_index, step]  # (G_s, n, d)
+        mantissa, shift = (
+            mantissa[g_index, d_index, step],
+            shift[g_index, d_index, step],
+        )  # (G_s, n, d)
         # the position's largest precision sets t: its p gets 23 bits
         exponent = np.where(mantissa > 0, 16 - shift, 0)
-        largest = np.argmax(np.where(mantissa > 0, mantissa.astype(np.float64) * 2.0 ** -shift, -1.0), -1)
+        largest = np.argmax(
+            np.where(mantissa > 0, mantissa.astype(np.float64) * 2.0**-shift, -1.0), -1
+        )
         t = 23 - np.take_along_axis(exponent, largest[..., None], -1)  # (G_s, n, 1)
         up = t - shift
         pq = np.where(up >= 0, mantissa << np.maximum(up, 0), mantissa >> np.maximum(-up, 0))
         m = np.clip(mean, -32767, 32767)
-        terms = pq[:, :, None] * (units[:, None] ** 2 - 2 * m[:, :, None] * units[:, None])  # (G_s, n, K, d)
+        terms = pq[:, :, None] * (
+            units[:, None] ** 2 - 2 * m[:, :, None] * units[:, None]
+        )  # (G_s, n, K, d)
         logits = _i64(prior.code_bias)[g0 : g0 + gs][:, None] - (terms.sum(-1) >> t)
         if free is not None:
             logits = logits + free[positions].transpose(1, 0, 2)
@@ -113,12 +126,15 @@ def level_tables(prior, cond: np.ndarray, indices: np.ndarray, exp_table: np.nda
         chosen = indices[g0 : g0 + gs]  # (G_s, H, W)
         code = values[g0 : g0 + gs][np.arange(gs)[:, None, None], chosen]  # (G_s, H, W, d)
         code = code.transpose(1, 2, 0, 3).reshape(h, w, gs * d)
-        codes[..., s * sc : (s + 1) * sc] = np.where(positions[..., None], code,
-                                                     codes[..., s * sc : (s + 1) * sc])
+        codes[..., s * sc : (s + 1) * sc] = np.where(
+            positions[..., None], code, codes[..., s * sc : (s + 1) * sc]
+        )
     return out
 
 
-def model_tables(integer, top: np.ndarray, bottom: np.ndarray, exp_table: np.ndarray) -> list[np.ndarray]:
+def model_tables(
+    integer, top: np.ndarray, bottom: np.ndarray, exp_table: np.ndarray
+) -> list[np.ndarray]:
     """Every pass's table, top level then bottom, for one image's indices (G, H, W)."""
     values = _i64(integer.condition.code_values)
     groups, h, w = top.shape
@@ -126,5 +142,6 @@ def model_tables(integer, top: np.ndarray, bottom: np.ndarray, exp_table: np.nda
     x = top_codes.transpose(1, 2, 0, 3).reshape(h, w, -1)
     cond = gelu_conv(integer.condition.second, conv(x, integer.condition.first, 0))
     ones = np.ones((h, w, 1), dtype=np.int64)
-    return (level_tables(integer.top, ones, top, exp_table)
-            + level_tables(integer.bottom, cond, bottom, exp_table))
+    return level_tables(integer.top, ones, top, exp_table) + level_tables(
+        integer.bottom, cond, bottom, exp_table
+    )

@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import photo
 from PIL import Image
 
 from dqcodec.cli import main
 from dqcodec.evaluation.metrics import psnr
-
-from conftest import photo
 
 
 def run(*args):
@@ -25,14 +24,15 @@ def run(*args):
 def run_process(*args, env=None):
     """The installed console script, as a user runs it."""
     cmd = [sys.executable, "-m", "dqcodec.cli", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})},
-                          timeout=120)
+    return subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120
+    )
 
 
 def assert_clean_failure(result, *missing_outputs):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
-    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error:"), result.stderr
     for path in missing_outputs:
         assert not path.exists()
@@ -43,7 +43,10 @@ def test_encode_decode_roundtrip(tmp_path, model_file):
     src = tmp_path / "in.png"
     photo(100, 70).save(src)
     assert run("encode", src, "-o", tmp_path / "a.dq", "--model", model_file).exit_code == 0
-    assert run("decode", tmp_path / "a.dq", "-o", tmp_path / "a.png", "--model", model_file).exit_code == 0
+    assert (
+        run("decode", tmp_path / "a.dq", "-o", tmp_path / "a.png", "--model", model_file).exit_code
+        == 0
+    )
     out = Image.open(tmp_path / "a.png")
     assert out.size == (100, 70)
     info = run("info", tmp_path / "a.dq")
@@ -54,7 +57,16 @@ def test_encode_decode_roundtrip(tmp_path, model_file):
 
 def test_eval_matches_files_written_by_encode_and_decode(tmp_path, image_dir, model_file):
     report_path = tmp_path / "r.json"
-    r = run("eval", "--data-dir", image_dir, "--model", model_file, "--json", report_path, "--no-progress")
+    r = run(
+        "eval",
+        "--data-dir",
+        image_dir,
+        "--model",
+        model_file,
+        "--json",
+        report_path,
+        "--no-progress",
+    )
     assert r.exit_code == 0, r.output
     report = json.loads(report_path.read_text())["dqcodec"][0]
     assert len(report["images"]) == 2
@@ -92,18 +104,36 @@ def test_decoding_ignores_thread_count(tmp_path):
     outputs = []
     for threads in (1, 2):
         out = tmp_path / f"t{threads}.png"
-        code = ("import torch, sys; torch.set_num_threads(%d); from dqcodec.cli import main; "
-                "sys.exit(main())" % threads)
-        res = subprocess.run([sys.executable, "-c", code, "decode", str(tmp_path / "a.dq"), "-o",
-                              str(out), "--model", str(model_file)], capture_output=True, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": str(threads)}, timeout=120)
+        code = (
+            f"import torch, sys; torch.set_num_threads({threads}); from dqcodec.cli import main; "
+            "sys.exit(main())"
+        )
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                code,
+                "decode",
+                str(tmp_path / "a.dq"),
+                "-o",
+                str(out),
+                "--model",
+                str(model_file),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+            timeout=120,
+        )
         assert res.returncode == 0, res.stderr
         outputs.append(np.asarray(Image.open(out)))
     assert np.array_equal(outputs[0], outputs[1])
 
 
 def test_missing_input(tmp_path, model_file):
-    res = run_process("encode", tmp_path / "nope.png", "-o", tmp_path / "x.dq", "--model", model_file)
+    res = run_process(
+        "encode", tmp_path / "nope.png", "-o", tmp_path / "x.dq", "--model", model_file
+    )
     assert_clean_failure(res, tmp_path / "x.dq")
 
 
@@ -122,7 +152,9 @@ def test_corrupt_dq(tmp_path, model_file):
     data = bytearray((tmp_path / "a.dq").read_bytes())
     data[-3] ^= 0x10
     (tmp_path / "bad.dq").write_bytes(bytes(data))
-    res = run_process("decode", tmp_path / "bad.dq", "-o", tmp_path / "out.png", "--model", model_file)
+    res = run_process(
+        "decode", tmp_path / "bad.dq", "-o", tmp_path / "out.png", "--model", model_file
+    )
     assert_clean_failure(res, tmp_path / "out.png")
     assert "CRC32" in res.stderr
 
@@ -131,7 +163,9 @@ def test_wrong_model(tmp_path, model_file, other_model_file):
     src = tmp_path / "in.png"
     photo(64, 64).save(src)
     assert run("encode", src, "-o", tmp_path / "a.dq", "--model", model_file).exit_code == 0
-    res = run_process("decode", tmp_path / "a.dq", "-o", tmp_path / "out.png", "--model", other_model_file)
+    res = run_process(
+        "decode", tmp_path / "a.dq", "-o", tmp_path / "out.png", "--model", other_model_file
+    )
     assert_clean_failure(res, tmp_path / "out.png")
     assert "model" in res.stderr
 
@@ -171,7 +205,19 @@ def test_output_equal_to_input_is_refused(tmp_path, model_file):
 def test_train_and_resume(tmp_path, training_photos):
     data = training_photos
     out = tmp_path / "run"
-    args = ["train", "--data", data, "--out", out, "--width", 8, "--groups", 4, "--codebook-size", 4]
+    args = [
+        "train",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--width",
+        8,
+        "--groups",
+        4,
+        "--codebook-size",
+        4,
+    ]
     r = run(*args, "--steps", 2)
     assert r.exit_code == 0, r.output
     assert (out / "checkpoint.pt").exists()
@@ -185,8 +231,25 @@ def test_train_and_resume(tmp_path, training_photos):
     src = tmp_path / "in.png"
     photo(64, 64).save(src)
     assert run("encode", src, "-o", tmp_path / "a.dq", "--model", exported).exit_code == 0
-    r = run("train", "--data", data, "--out", tmp_path / "run2", "--init", exported, "--steps", 4,
-            "--lambda", 0.01, "--rate-weight", 0.2, "--rate-weight-ramp", 0.5, "--stages", "64x2:1")
+    r = run(
+        "train",
+        "--data",
+        data,
+        "--out",
+        tmp_path / "run2",
+        "--init",
+        exported,
+        "--steps",
+        4,
+        "--lambda",
+        0.01,
+        "--rate-weight",
+        0.2,
+        "--rate-weight-ramp",
+        0.5,
+        "--stages",
+        "64x2:1",
+    )
     assert r.exit_code == 0 and "initialised from" in r.output
     assert "lambda 0.01" in r.output and "assignment strength 0.2" in r.output
     assert "grows to 0.2 over the first 2 of 4 steps" in r.output
@@ -194,7 +257,9 @@ def test_train_and_resume(tmp_path, training_photos):
 
 @pytest.mark.parametrize("stages", ["128x8", "128:0.5", "100x8:1", "64x0:1", "64x4:0"])
 def test_train_refuses_a_bad_crop_schedule(tmp_path, training_photos, stages):
-    r = run_process("train", "--data", training_photos, "--out", tmp_path / "run", "--stages", stages)
+    r = run_process(
+        "train", "--data", training_photos, "--out", tmp_path / "run", "--stages", stages
+    )
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "stage" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
@@ -204,23 +269,55 @@ def test_train_for_a_wall_time_budget(tmp_path, training_photos):
     import torch
 
     out = tmp_path / "run"
-    r = run("train", "--data", training_photos, "--out", out, "--width", 8, "--groups", 4,
-            "--codebook-size", 4, "--stages", "64x2:1", "--minutes", 0.03)
+    r = run(
+        "train",
+        "--data",
+        training_photos,
+        "--out",
+        out,
+        "--width",
+        8,
+        "--groups",
+        4,
+        "--codebook-size",
+        4,
+        "--stages",
+        "64x2:1",
+        "--minutes",
+        0.03,
+    )
     assert r.exit_code == 0, r.output
     steps = int(re.search(r"0.03 minutes: (\d+) steps", r.output).group(1))
     assert steps >= 1
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == steps
 
 
-def test_a_run_split_by_stop_after_resumes_the_same_schedule(tmp_path, training_photos, monkeypatch):
+def test_a_run_split_by_stop_after_resumes_the_same_schedule(
+    tmp_path, training_photos, monkeypatch
+):
     import torch
 
     from dqcodec.training import trainer as training
 
     monkeypatch.setattr(training, "steps_within", lambda *a: 40)
     out = tmp_path / "run"
-    args = ["train", "--data", training_photos, "--out", out, "--width", 8, "--groups", 4,
-            "--codebook-size", 4, "--stages", "64x2:1", "--minutes", 5]
+    args = [
+        "train",
+        "--data",
+        training_photos,
+        "--out",
+        out,
+        "--width",
+        8,
+        "--groups",
+        4,
+        "--codebook-size",
+        4,
+        "--stages",
+        "64x2:1",
+        "--minutes",
+        5,
+    ]
     r = run(*args, "--stop-after", 1e-6)
     assert r.exit_code == 0, r.output
     assert "stopped after" in r.output and "at step 10 of 40" in r.output
@@ -239,15 +336,20 @@ def test_steps_within_a_budget_follow_the_stage_times(monkeypatch):
     from dqcodec.training import trainer as training
 
     monkeypatch.setattr(training, "seconds_per_step", lambda model, stage, *a: stage.crop / 512)
-    opts = training.TrainOptions(data=Path("."), out=Path("."),
-                                 stages=(training.Stage(64, 2, 1.0), training.Stage(128, 2, 3.0)))
+    opts = training.TrainOptions(
+        data=Path("."),
+        out=Path("."),
+        stages=(training.Stage(64, 2, 1.0), training.Stage(128, 2, 3.0)),
+    )
     # a step takes 0.125 s for a quarter of the run and 0.25 s for the rest: 0.21875 s on average
     assert abs(training.steps_within(70, None, opts, None, False) - 0.95 * 70 / 0.21875) < 1
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
 def test_train_on_cuda_without_a_gpu_is_a_clear_error(tmp_path, training_photos):
-    r = run_process("train", "--data", training_photos, "--out", tmp_path / "run", "--device", "cuda")
+    r = run_process(
+        "train", "--data", training_photos, "--out", tmp_path / "run", "--device", "cuda"
+    )
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "no CUDA device" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
@@ -273,13 +375,28 @@ def test_killed_encode_leaves_no_output(tmp_path, model_file):
     src = tmp_path / "in.png"
     photo(64, 64).save(src)
     target = tmp_path / "a.dq"
-    code = ("import os, signal, sys\n"
-            "import dqcodec.fileio as f\n"
-            "f.os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
-            "from dqcodec.cli import main\n"
-            "sys.exit(main())")
-    res = subprocess.run([sys.executable, "-c", code, "encode", str(src), "-o", str(target),
-                          "--model", str(model_file)], capture_output=True, timeout=120)
+    code = (
+        "import os, signal, sys\n"
+        "import dqcodec.fileio as f\n"
+        "f.os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "from dqcodec.cli import main\n"
+        "sys.exit(main())"
+    )
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "encode",
+            str(src),
+            "-o",
+            str(target),
+            "--model",
+            str(model_file),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
     assert res.returncode == -signal.SIGKILL
     assert not target.exists()
 
@@ -303,11 +420,23 @@ def test_thread_count_gives_the_same_file(tmp_path, model_file):
     src = tmp_path / "in.png"
     photo(96, 80).save(src)
     for threads in (1, 2):
-        assert run("--threads", threads, "encode", src, "-o", tmp_path / f"{threads}.dq", "--model",
-                   model_file).exit_code == 0
+        assert (
+            run(
+                "--threads",
+                threads,
+                "encode",
+                src,
+                "-o",
+                tmp_path / f"{threads}.dq",
+                "--model",
+                model_file,
+            ).exit_code
+            == 0
+        )
     assert (tmp_path / "1.dq").read_bytes() == (tmp_path / "2.dq").read_bytes()
-    res = run_process("encode", src, "-o", tmp_path / "x.dq", "--model", model_file,
-                      env={"DQCODEC_THREADS": "0"})
+    res = run_process(
+        "encode", src, "-o", tmp_path / "x.dq", "--model", model_file, env={"DQCODEC_THREADS": "0"}
+    )
     assert res.returncode == 2 and "DQCODEC_THREADS" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "x.dq").exists()
 
@@ -322,14 +451,25 @@ def test_pipes_give_the_same_file_and_pixels(tmp_path, model_file):
     src = tmp_path / "in.png"
     photo(96, 80).save(src)
     assert run("encode", src, "-o", tmp_path / "a.dq", "--model", model_file).exit_code == 0
-    assert run("decode", tmp_path / "a.dq", "-o", tmp_path / "a.png", "--model", model_file).exit_code == 0
+    assert (
+        run("decode", tmp_path / "a.dq", "-o", tmp_path / "a.png", "--model", model_file).exit_code
+        == 0
+    )
     cmd = [sys.executable, "-m", "dqcodec.cli"]
-    encoded = subprocess.run([*cmd, "encode", "-", "-o", "-", "--model", str(model_file)],
-                             input=src.read_bytes(), capture_output=True, timeout=120)
+    encoded = subprocess.run(
+        [*cmd, "encode", "-", "-o", "-", "--model", str(model_file)],
+        input=src.read_bytes(),
+        capture_output=True,
+        timeout=120,
+    )
     assert encoded.returncode == 0 and encoded.stdout == (tmp_path / "a.dq").read_bytes()
     assert b"bpp" in encoded.stderr  # status goes to stderr, never into the data
-    decoded = subprocess.run([*cmd, "decode", "-", "-o", "-", "--model", str(model_file)],
-                             input=encoded.stdout, capture_output=True, timeout=120)
+    decoded = subprocess.run(
+        [*cmd, "decode", "-", "-o", "-", "--model", str(model_file)],
+        input=encoded.stdout,
+        capture_output=True,
+        timeout=120,
+    )
     assert decoded.returncode == 0
     piped = np.asarray(Image.open(io.BytesIO(decoded.stdout)))
     assert np.array_equal(piped, np.asarray(Image.open(tmp_path / "a.png")))

@@ -1,15 +1,14 @@
 import numpy as np
 import pytest
 import torch
+from conftest import photo, tiny_model
 from PIL import Image
 
 from dqcodec.codec import Codec, load_codec
 from dqcodec.container import DQFile
 from dqcodec.errors import DQError
-from dqcodec.models.dq import pad_to_stride
 from dqcodec.image_io import to_tensor
-
-from conftest import photo, tiny_model
+from dqcodec.models.dq import pad_to_stride
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +109,9 @@ def test_training_rate_matches_coded_information(codec, monkeypatch):
     with torch.no_grad():
         trained = codec.model(x)
     coded = codec.model.compress(x)
-    assert float(sum(trained["bits"].values())) == pytest.approx(coded["information_bits"], rel=1e-4)
+    assert float(sum(trained["bits"].values())) == pytest.approx(
+        coded["information_bits"], rel=1e-4
+    )
 
 
 def test_api_decode_takes_bytes_paths_and_binary_files(tmp_path):
@@ -137,9 +138,13 @@ def test_package_exposes_only_its_api_and_imports_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, dqcodec; print(sorted(dqcodec.__all__) == sorted(dir(dqcodec)), "
-            "'torch' in sys.modules, 'compressai' in dir(dqcodec))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    code = (
+        "import sys, dqcodec; print(sorted(dqcodec.__all__) == sorted(dir(dqcodec)), "
+        "'torch' in sys.modules, 'compressai' in dir(dqcodec))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.split() == ["True", "False", "False"]
 
 
@@ -149,8 +154,12 @@ def test_encoding_and_decoding_do_not_import_compressai():
     import subprocess
     import sys
 
-    code = ("import sys, dqcodec; from PIL import Image; "
-            "image = Image.new('RGB', (40, 24), (90, 140, 30)); "
-            "dqcodec.decode(dqcodec.encode(image, quality=1)); print('compressai' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    code = (
+        "import sys, dqcodec; from PIL import Image; "
+        "image = Image.new('RGB', (40, 24), (90, 140, 30)); "
+        "dqcodec.decode(dqcodec.encode(image, quality=1)); print('compressai' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.split() == ["False"]

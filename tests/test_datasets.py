@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from dqcodec.errors import DQError
 from dqcodec.evaluation import datasets
 from dqcodec.evaluation.datasets import (
     DatasetError,
@@ -26,7 +27,6 @@ from dqcodec.evaluation.datasets import (
     kodak_dir,
     resolve_dataset,
 )
-from dqcodec.errors import DQError
 from dqcodec.testing import photo
 
 NAMES = [f"kodim{i:02d}.png" for i in range(1, 25)]
@@ -50,7 +50,10 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(autouse=True)
 def kodak(source: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """The checksums of the test's images stand in for the real ones; no request leaves 127.0.0.1."""
+    """The checksums of the test's images stand in for the real ones.
+
+    No request leaves 127.0.0.1.
+    """
     digests = {name: sha256(source / name) for name in NAMES}
     assert len(set(digests.values())) == len(NAMES)
     monkeypatch.setattr(datasets, "KODAK_SHA256", digests)
@@ -70,8 +73,14 @@ def test_shipped_checksum_table() -> None:
     assert list(SHIPPED_SHA256) == NAMES
     assert all(re.fullmatch(r"[0-9a-f]{64}", digest) for digest in SHIPPED_SHA256.values())
     assert len(set(SHIPPED_SHA256.values())) == 24
-    assert SHIPPED_SHA256["kodim01.png"] == "a56e27cbf5f843c048b6af1d6e090760e9c92fadba88b7dee0205918a37523bd"
-    assert SHIPPED_SHA256["kodim24.png"] == "1071c68372cc5a01435c2c225a5cf7d4bb803846ec08bb6b3d6721b156d7cb96"
+    assert (
+        SHIPPED_SHA256["kodim01.png"]
+        == "a56e27cbf5f843c048b6af1d6e090760e9c92fadba88b7dee0205918a37523bd"
+    )
+    assert (
+        SHIPPED_SHA256["kodim24.png"]
+        == "1071c68372cc5a01435c2c225a5cf7d4bb803846ec08bb6b3d6721b156d7cb96"
+    )
     assert SHIPPED_URL == "http://r0k.us/graphics/kodak/kodak/"
 
 
@@ -145,7 +154,9 @@ def fill(cache: Path, source: Path, names=None) -> None:
         shutil.copyfile(source / name, cache / name)
 
 
-def test_download_into_empty_cache(server: Server, serve_root: Path, source: Path, cache: Path) -> None:
+def test_download_into_empty_cache(
+    server: Server, serve_root: Path, source: Path, cache: Path
+) -> None:
     publish(serve_root, source)
     folder = kodak_dir(base_url=server.url, progress=False)
     assert folder == cache
@@ -153,7 +164,9 @@ def test_download_into_empty_cache(server: Server, serve_root: Path, source: Pat
     assert sorted(server.requests) == [f"/kodak/{name}" for name in NAMES]
 
 
-def test_second_call_downloads_nothing(server: Server, serve_root: Path, source: Path, cache: Path) -> None:
+def test_second_call_downloads_nothing(
+    server: Server, serve_root: Path, source: Path, cache: Path
+) -> None:
     publish(serve_root, source)
     kodak_dir(base_url=server.url, progress=False)
     server.requests.clear()
@@ -162,8 +175,9 @@ def test_second_call_downloads_nothing(server: Server, serve_root: Path, source:
     assert_complete(cache, source)
 
 
-def test_corrupted_file_is_downloaded_again(server: Server, serve_root: Path, source: Path,
-                                            cache: Path) -> None:
+def test_corrupted_file_is_downloaded_again(
+    server: Server, serve_root: Path, source: Path, cache: Path
+) -> None:
     publish(serve_root, source)
     fill(cache, source)
     (cache / "kodim07.png").write_bytes(b"not a png")
@@ -173,12 +187,15 @@ def test_corrupted_file_is_downloaded_again(server: Server, serve_root: Path, so
     assert_complete(cache, source)
 
 
-def test_wrong_file_raises_and_leaves_nothing(server: Server, serve_root: Path, source: Path,
-                                              cache: Path, kodak: dict[str, str]) -> None:
+def test_wrong_file_raises_and_leaves_nothing(
+    server: Server, serve_root: Path, source: Path, cache: Path, kodak: dict[str, str]
+) -> None:
     others = [n for n in NAMES if n != "kodim05.png"]
     fill(cache, source, others)
     publish(serve_root, source, others)
-    shutil.copyfile(source / "kodim06.png", serve_root / "kodim05.png")  # a valid PNG, the wrong one
+    shutil.copyfile(
+        source / "kodim06.png", serve_root / "kodim05.png"
+    )  # a valid PNG, the wrong one
     with pytest.raises(DatasetError) as info:
         kodak_dir(base_url=server.url, progress=False)
     message = str(info.value)
@@ -191,9 +208,14 @@ def test_wrong_file_raises_and_leaves_nothing(server: Server, serve_root: Path, 
     assert sorted(p.name for p in cache.iterdir()) == others
 
 
-def test_checksum_is_checked_against_the_table(server: Server, serve_root: Path, source: Path,
-                                               cache: Path, monkeypatch: pytest.MonkeyPatch,
-                                               kodak: dict[str, str]) -> None:
+def test_checksum_is_checked_against_the_table(
+    server: Server,
+    serve_root: Path,
+    source: Path,
+    cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kodak: dict[str, str],
+) -> None:
     """The same bytes are refused once the table expects other ones."""
     publish(serve_root, source)
     monkeypatch.setitem(kodak, "kodim03.png", "0" * 64)
@@ -229,7 +251,7 @@ def test_truncated_response_raises(cache: Path) -> None:
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
-        url = "http://127.0.0.1:%d/" % httpd.server_address[1]
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/"
         with pytest.raises(DatasetError, match="kodim01.png"):
             kodak_dir(base_url=url, progress=False)
     finally:

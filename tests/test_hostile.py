@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load_fuzzer():
-    spec = importlib.util.spec_from_file_location("fuzz_decode", ROOT / "benchmarks" / "fuzz_decode.py")
+    spec = importlib.util.spec_from_file_location(
+        "fuzz_decode", ROOT / "benchmarks" / "fuzz_decode.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault("fuzz_decode", module)
     spec.loader.exec_module(module)
@@ -81,7 +83,7 @@ def no_model(codec, monkeypatch):
 
 def with_fields(sample, **fields) -> bytes:
     """The sample's file with header fields changed and the container CRC recomputed."""
-    return fz.build(dict(sample.header, **fields), sample.data[fz.HEADER_SIZE:])
+    return fz.build(dict(sample.header, **fields), sample.data[fz.HEADER_SIZE :])
 
 
 # --- the fuzz loop -----------------------------------------------------------------------
@@ -95,7 +97,9 @@ def test_fuzz_cases_are_refused_or_decoded_correctly(codec, samples):
         kinds.add(case.kind)
         r = fz.run_case(codec, case, time_limit=5.0, mem_mb=200.0)
         if r.outcome not in ("refused", "ok") or r.memory:
-            failures.append(f"case {i} {case.kind}: {case.what} -> {r.outcome}: {r.message}\n{r.trace}")
+            failures.append(
+                f"case {i} {case.kind}: {case.what} -> {r.outcome}: {r.message}\n{r.trace}"
+            )
     assert not failures, "\n".join(failures[:10])
     assert len(kinds) >= len(FAST_KINDS) - 2  # the seed exercises (almost) every mutation
 
@@ -110,27 +114,33 @@ def test_corrupt_payload_with_fixed_crc_is_refused(codec, samples):
         assert r.outcome in ("refused", "ok"), f"{case.what}: {r.outcome} {r.message}\n{r.trace}"
         refused += r.outcome == "refused"
         if r.outcome == "refused":
-            assert "index checksum" in r.message or "cannot decode the .dq payload" in r.message, r.message
+            assert "index checksum" in r.message or "cannot decode the .dq payload" in r.message, (
+                r.message
+            )
     assert refused >= 45
 
 
 def test_forged_valid_streams_decode(codec, sample):
     """A file nobody encoded but that is valid decodes, at the size its header gives."""
     top, bottom, crc = fz.forge_streams(codec, 65, 3)
-    data = fz.build(dict(sample.header, width=65, height=3, index_crc=crc), b"",
-                    fix_lengths=(top, bottom, b""))
+    data = fz.build(
+        dict(sample.header, width=65, height=3, index_crc=crc), b"", fix_lengths=(top, bottom, b"")
+    )
     assert codec.decode(data).size == (65, 3)
 
 
 # --- sizes ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", [(100000, 100000), (2**32 - 1, 2**32 - 1), (2**32 - 1, 1),
-                                  (1, 2**27), (8193, 8192)])
+@pytest.mark.parametrize(
+    "size", [(100000, 100000), (2**32 - 1, 2**32 - 1), (2**32 - 1, 1), (1, 2**27), (8193, 8192)]
+)
 def test_absurd_dimensions_are_refused_before_allocating(no_model, sample, size):
     data = with_fields(sample, width=size[0], height=size[1])
     start = time.perf_counter()
-    with pytest.raises(DQError, match=f"image is {size[0]}x{size[1]}\\b.*over the limit of {DEFAULT_MAX_PIXELS} "):
+    with pytest.raises(
+        DQError, match=f"image is {size[0]}x{size[1]}\\b.*over the limit of {DEFAULT_MAX_PIXELS} "
+    ):
         no_model.decode(data)
     assert time.perf_counter() - start < 1.0
 
@@ -164,7 +174,9 @@ def test_max_pixels_can_be_raised(codec, sample, monkeypatch):
 
 def test_truncated(codec, sample):
     data, n = sample.data, len(sample.data)
-    with pytest.raises(DQError, match=rf"truncated \.dq payload \({n - 1} bytes, header says {n}\)"):
+    with pytest.raises(
+        DQError, match=rf"truncated \.dq payload \({n - 1} bytes, header says {n}\)"
+    ):
         codec.decode(data[:-1])
     with pytest.raises(DQError, match=r"truncated \.dq file \(incomplete header\)"):
         codec.decode(data[:43])
@@ -176,7 +188,9 @@ def test_truncated(codec, sample):
 
 def test_extended(codec, sample):
     n = len(sample.data)
-    with pytest.raises(DQError, match=rf"trailing data after \.dq payload \({n + 1} bytes, header says {n}\)"):
+    with pytest.raises(
+        DQError, match=rf"trailing data after \.dq payload \({n + 1} bytes, header says {n}\)"
+    ):
         codec.decode(sample.data + b"\x00")
 
 
@@ -186,7 +200,9 @@ def test_bit_flipped(codec, sample, bit):
     data = bytearray(sample.data)
     bit %= 8 * len(data)
     data[bit // 8] ^= 1 << (bit % 8)
-    with pytest.raises(DQError, match=r"corrupt \.dq file \(CRC32 mismatch\)|\.dq payload \(\d+ bytes"):
+    with pytest.raises(
+        DQError, match=r"corrupt \.dq file \(CRC32 mismatch\)|\.dq payload \(\d+ bytes"
+    ):
         codec.decode(bytes(data))
 
 
@@ -197,7 +213,9 @@ def test_wrong_magic(codec, sample):
 
 
 def test_wrong_version(codec, sample):
-    with pytest.raises(DQError, match=r"unsupported \.dq format version 3 \(this build reads 1, 2\)"):
+    with pytest.raises(
+        DQError, match=r"unsupported \.dq format version 3 \(this build reads 1, 2\)"
+    ):
         codec.decode(with_fields(sample, version=3))
     data = bytearray(sample.data)
     data[4] = 0  # version 0 without fixing the CRC: the version is what gets reported
@@ -207,7 +225,9 @@ def test_wrong_version(codec, sample):
 
 def test_wrong_model(codec, sample, other_model_file):
     other = read_model_file(other_model_file)
-    with pytest.raises(DQError, match=f"encoded with model {codec.model_id.hex()}.*pass the matching --model"):
+    with pytest.raises(
+        DQError, match=f"encoded with model {codec.model_id.hex()}.*pass the matching --model"
+    ):
         Codec(other).decode(sample.data)
     with pytest.raises(DQError, match="encoded with model 0000000000000000"):
         codec.decode(with_fields(sample, model_id=bytes(8)))
@@ -257,11 +277,13 @@ def test_range_decoder_garbage_is_a_value_error():
 
 def test_alpha_damage(codec, rgba):
     w, h = rgba.header["width"], rgba.header["height"]
-    for alpha, message in [(b"", r"corrupt alpha plane in \.dq file$"),
-                           (b"\x00" * 16, r"corrupt alpha plane in \.dq file$"),
-                           (rgba.alpha[:-5], r"corrupt alpha plane in \.dq file$"),
-                           (zlib.compress(bytes(w * h - 1)), r"\(wrong size\)"),
-                           (zlib.compress(bytes(w * h + 1)), r"\(wrong size\)")]:
+    for alpha, message in [
+        (b"", r"corrupt alpha plane in \.dq file$"),
+        (b"\x00" * 16, r"corrupt alpha plane in \.dq file$"),
+        (rgba.alpha[:-5], r"corrupt alpha plane in \.dq file$"),
+        (zlib.compress(bytes(w * h - 1)), r"\(wrong size\)"),
+        (zlib.compress(bytes(w * h + 1)), r"\(wrong size\)"),
+    ]:
         data = fz.build(rgba.header, b"", fix_lengths=(rgba.top, rgba.bottom, alpha))
         with pytest.raises(DQError, match=message):
             codec.decode(data)

@@ -4,13 +4,12 @@ import io
 
 import numpy as np
 import pytest
+from conftest import photo, tiny_model
 from PIL import Image
 
 from dqcodec.codec import Codec
 from dqcodec.errors import DQError
 from dqcodec.image_io import open_image, split_alpha
-
-from conftest import photo, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -99,4 +98,3 @@ def test_truncated_png_is_an_error(tmp_path):
     (tmp_path / "cut.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     with pytest.raises(DQError):
         open_image(tmp_path / "cut.png")
-

@@ -14,19 +14,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from integer_reference import frequencies, model_tables
 from PIL import Image
 
-from dqcodec.entropy_models.calibration import calibrate_synthesized
 from dqcodec.codec import Codec, load_codec
 from dqcodec.container import DQFile
-from dqcodec.errors import DQError
-from dqcodec.layers.fixed_point import Format, erf64, exp64, int_conv, plane_values, planes
+from dqcodec.entropy_models.calibration import calibrate_synthesized
 from dqcodec.entropy_models.integer_prior import EXP_TABLE, UNIFORM8, derive, frequency_table
-from dqcodec.models.dq import _integer_level, pad_to_stride
+from dqcodec.errors import DQError
 from dqcodec.image_io import to_tensor
+from dqcodec.layers.fixed_point import Format, erf64, exp64, int_conv, plane_values, planes
+from dqcodec.models.dq import _integer_level, pad_to_stride
 from dqcodec.testing import TINY, photo, tiny_model, tiny_variable_rate_model
-
-from integer_reference import frequencies, model_tables
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "samples" / "bsds500-test_100007.jpg"
@@ -55,24 +54,35 @@ def test_planes_rebuild_the_values(dtype, low, high):
         assert sum(p << offset for p, (_, offset) in zip(parts, planes(x))) == value
 
 
-@pytest.mark.parametrize("transposed,kernel,bits", [(False, 3, 8), (False, 5, 12), (True, 3, 8), (False, 1, 15)])
+@pytest.mark.parametrize(
+    "transposed,kernel,bits", [(False, 3, 8), (False, 5, 12), (True, 3, 8), (False, 1, 15)]
+)
 def test_integer_convolution_is_exact(transposed, kernel, bits):
     """Against float64 convolution of the same integers (exact: every sum < 2^53)."""
     torch.manual_seed(0)
     cin, cout = 6, 5
     shape = (cin, cout, kernel, kernel) if transposed else (cout, cin, kernel, kernel)
     weight = np.random.default_rng(0).normal(size=shape)
-    source = Format(0.1, 3, -100, 100) if bits == 8 else Format(0.1, 0, -(1 << (bits - 1)) + 1, (1 << (bits - 1)) - 1)
+    source = (
+        Format(0.1, 3, -100, 100)
+        if bits == 8
+        else Format(0.1, 0, -(1 << (bits - 1)) + 1, (1 << (bits - 1)) - 1)
+    )
     out = Format(1.0, 0, -(1 << 40), 1 << 40)
-    conv = int_conv(weight, None, source, None, np.full(cout, 1.0), out, bits, transposed=transposed)
-    x = torch.randint(source.low, source.high + 1, (1, 7, 9, cin), dtype=torch.int8 if bits == 8 else torch.int16)
+    conv = int_conv(
+        weight, None, source, None, np.full(cout, 1.0), out, bits, transposed=transposed
+    )
+    x = torch.randint(
+        source.low, source.high + 1, (1, 7, 9, cin), dtype=torch.int8 if bits == 8 else torch.int16
+    )
     acc = conv.accumulate(x, source.zero)
     w = sum(p.to(torch.float64) * 2.0**o for p, o in conv.weights)  # (k*k*cin, cout)
     w = w.reshape(kernel, kernel, cin, cout).permute(3, 2, 0, 1)
     real = (x.to(torch.float64) - source.zero).permute(0, 3, 1, 2)
     if transposed:  # the conv over zero-spread input equals a transposed conv with flipped weights
-        ref = F.conv_transpose2d(real, w.flip(2, 3).transpose(0, 1), stride=2, padding=kernel // 2,
-                                 output_padding=1)
+        ref = F.conv_transpose2d(
+            real, w.flip(2, 3).transpose(0, 1), stride=2, padding=kernel // 2, output_padding=1
+        )
     else:
         ref = F.conv2d(real, w, padding=kernel // 2)
     zero_sum = source.zero * w.sum((1, 2, 3))  # the padding holds `zero`: its taps' share
@@ -107,12 +117,22 @@ def _check_against_reference(model, integer, point: int, image, rate_weight=None
         return known[:, groups, rows][:, :, mask]
 
     ones = torch.ones(1, 1, *top.shape[-2:])
-    model.top._run_passes(ones, points, lambda *a: record(*a, known=top),
-                          integer=_integer_level(integer, True, ones, None))
+    model.top._run_passes(
+        ones,
+        points,
+        lambda *a: record(*a, known=top),
+        integer=_integer_level(integer, True, ones, None),
+    )
     cond = model.condition_from_top(model.top.quantizer.lookup(top), points)
-    model.bottom._run_passes(cond, points, lambda *a: record(*a, known=bottom),
-                             integer=_integer_level(integer, False, cond, {"indices": top}))
-    expected = model_tables(integer, top[0].numpy(), bottom[0].numpy(), EXP_TABLE.numpy().astype(np.int64))
+    model.bottom._run_passes(
+        cond,
+        points,
+        lambda *a: record(*a, known=bottom),
+        integer=_integer_level(integer, False, cond, {"indices": top}),
+    )
+    expected = model_tables(
+        integer, top[0].numpy(), bottom[0].numpy(), EXP_TABLE.numpy().astype(np.int64)
+    )
     assert len(seen) == len(expected)
     for got, want in zip(seen, expected):
         assert np.array_equal(got, want)
@@ -123,8 +143,13 @@ def test_numpy_reference_gives_the_same_tables(level):
     """An independent NumPy int64 implementation reproduces every pass's frequency table."""
     codec = load_codec(level)
     for image in _real_crops()[: 1 if level != 5 else 2]:
-        _check_against_reference(codec.model, codec.integer_model(codec.rate_point), codec.rate_point,
-                                 image, codec.rate_weight)
+        _check_against_reference(
+            codec.model,
+            codec.integer_model(codec.rate_point),
+            codec.rate_point,
+            image,
+            codec.rate_weight,
+        )
 
 
 def test_numpy_reference_with_free_logits():
@@ -173,8 +198,11 @@ def test_files_from_release_0_1_0_decode(quality):
 
 
 def _decode_env(**env) -> dict:
-    full = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
-                                                             "MKL_ENABLE_INSTRUCTIONS")}
+    full = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+    }
     full.update(env)
     return full
 
@@ -191,12 +219,25 @@ for threads in (1, 2):
 
 
 def _capabilities() -> list[dict]:
-    envs = [{}, {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
-                 "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}]
-    if "avx2" in torch.backends.cpu.get_cpu_capability().lower() or "avx512" in \
-            torch.backends.cpu.get_cpu_capability().lower():
-        envs.append({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-                     "MKL_ENABLE_INSTRUCTIONS": "AVX2"})
+    envs = [
+        {},
+        {
+            "ATEN_CPU_CAPABILITY": "default",
+            "ONEDNN_MAX_CPU_ISA": "SSE41",
+            "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+        },
+    ]
+    if (
+        "avx2" in torch.backends.cpu.get_cpu_capability().lower()
+        or "avx512" in torch.backends.cpu.get_cpu_capability().lower()
+    ):
+        envs.append(
+            {
+                "ATEN_CPU_CAPABILITY": "avx2",
+                "ONEDNN_MAX_CPU_ISA": "AVX2",
+                "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+            }
+        )
     return envs
 
 
@@ -211,8 +252,13 @@ def test_files_decode_under_other_kernels_and_thread_counts(tmp_path, level):
     here = np.asarray(codec.decode(data)).astype(int)
     (tmp_path / "x.dq").write_bytes(data)
     for i, env in enumerate(_capabilities()):
-        result = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "x.dq"), str(tmp_path / f"out{i}")],
-                                env=_decode_env(**env), capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [sys.executable, "-c", CHILD, str(tmp_path / "x.dq"), str(tmp_path / f"out{i}")],
+            env=_decode_env(**env),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 0, (env, result.stderr[-2000:])
         for threads in (1, 2):
             there = np.load(tmp_path / f"out{i}.{threads}.npy").astype(int)

@@ -39,13 +39,16 @@ def test_fast_paths_keep_gradients_under_autograd():
 
 
 def test_subpixel_path_gives_the_transposed_convolutions_gradient_in_eval_mode():
-    """The encoder search differentiates the image decoder in eval mode, through the subpixel path."""
+    """The encoder search differentiates the image decoder in eval mode, through the subpixel
+    path."""
     torch.manual_seed(0)
     layer = SubpixelDeconv(5, 3).eval()
     x = torch.randn(1, 5, 4, 6, requires_grad=True)
     target = torch.randn(1, 3, 8, 12)
     (fast,) = torch.autograd.grad((layer(x) - target).pow(2).sum(), [x])
-    (reference,) = torch.autograd.grad((torch.nn.ConvTranspose2d.forward(layer, x) - target).pow(2).sum(), [x])
+    (reference,) = torch.autograd.grad(
+        (torch.nn.ConvTranspose2d.forward(layer, x) - target).pow(2).sum(), [x]
+    )
     assert not torch.equal(fast, reference)  # a different computation...
     assert torch.allclose(fast, reference, atol=1e-4)  # ...of the same gradient
 

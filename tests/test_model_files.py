@@ -42,7 +42,10 @@ def test_int8_stores_convolutions_as_int8_and_is_smaller(model, tmp_path):
 
 def test_int8_model_round_trips_and_has_its_own_identity(model, tmp_path):
     save_model(model, tmp_path / "q.safetensors", "int8")
-    first, second = read_model_file(tmp_path / "q.safetensors"), read_model_file(tmp_path / "q.safetensors")
+    first, second = (
+        read_model_file(tmp_path / "q.safetensors"),
+        read_model_file(tmp_path / "q.safetensors"),
+    )
     assert model_id(first) == model_id(second) != model_id(model)
     image = photo(72, 56, 5)
     data = Codec(first).encode(image)

@@ -6,11 +6,11 @@ import io
 
 import numpy as np
 import pytest
+from conftest import photo
 from PIL import Image
 
 import dqcodec  # noqa: F401  (registers the plugin)
 from dqcodec.codec import load_codec
-from conftest import photo
 
 
 def test_open_reads_the_header_and_load_decodes(tmp_path):

@@ -32,7 +32,9 @@ def test_assignment_takes_one_rate_weight_per_sample():
     v = torch.randn(1, 2, 50, 2).expand(2, -1, -1, -1)
     logits = torch.randn(1, 2, 50, 8).expand(2, -1, -1, -1) * 4
     chosen = quantizer.assign(v, slice(None), logits, torch.tensor([0.0, 50.0]).reshape(2, 1, 1, 1))
-    assert torch.equal(chosen[0], quantizer.assign(v[:1], slice(None), None, torch.zeros(1, 1, 1, 1))[0])
+    assert torch.equal(
+        chosen[0], quantizer.assign(v[:1], slice(None), None, torch.zeros(1, 1, 1, 1))[0]
+    )
     assert torch.equal(chosen[1], logits[1].argmax(-1))  # a huge weight: the most probable code
 
 
@@ -41,8 +43,16 @@ def test_a_slices_anchor_pass_predicts_what_its_spatial_convolution_of_zeros_wou
     both passes of a slice share one projection of the conditioning: the prior's
     parameters are the ones the full computation gives."""
     torch.manual_seed(0)
-    prior = CodePrior(cond_channels=5, channels=8, groups=4, codebook_size=16, slices=2, width=12,
-                      kernel=3, blocks=1).eval()
+    prior = CodePrior(
+        cond_channels=5,
+        channels=8,
+        groups=4,
+        codebook_size=16,
+        slices=2,
+        width=12,
+        kernel=3,
+        blocks=1,
+    ).eval()
     cond = prior.condition(torch.randn(1, 5, 6, 7), torch.zeros(1, dtype=torch.long))
     y_hat = torch.randn(1, 8, 6, 7)
     y_hat[:, 4:] = 0  # slice 1 not decoded yet

@@ -10,8 +10,18 @@ from dqcodec.evaluation.classic_codecs import available_codecs, evaluate_baselin
 from dqcodec.evaluation.rd import bd_rate, bd_table, load_published, plot_rd, psnr_at
 
 # A realistic curve (Kodak JPEG means from shared/anchors): (bpp, psnr)
-CURVE = [(0.221, 23.85), (0.327, 26.67), (0.423, 28.14), (0.508, 29.14), (0.660, 30.49),
-         (0.786, 31.42), (0.906, 32.17), (1.037, 32.91), (1.239, 33.92), (1.570, 35.37)]
+CURVE = [
+    (0.221, 23.85),
+    (0.327, 26.67),
+    (0.423, 28.14),
+    (0.508, 29.14),
+    (0.660, 30.49),
+    (0.786, 31.42),
+    (0.906, 32.17),
+    (1.037, 32.91),
+    (1.239, 33.92),
+    (1.570, 35.37),
+]
 
 
 def scaled(curve, factor):
@@ -35,7 +45,9 @@ def test_bd_rate_matches_classic_polyfit_implementation():
     (ra, pa), (rb, pb) = (np.array(c).T for c in (CURVE, other))
     fa, fb = np.polyint(np.polyfit(pa, np.log(ra), 3)), np.polyint(np.polyfit(pb, np.log(rb), 3))
     lo, hi = max(pa.min(), pb.min()), min(pa.max(), pb.max())
-    diff = (np.polyval(fb, hi) - np.polyval(fb, lo) - np.polyval(fa, hi) + np.polyval(fa, lo)) / (hi - lo)
+    diff = (np.polyval(fb, hi) - np.polyval(fb, lo) - np.polyval(fa, hi) + np.polyval(fa, lo)) / (
+        hi - lo
+    )
     assert bd_rate(CURVE, other) == pytest.approx((math.exp(diff) - 1) * 100, rel=1e-6)
 
 
@@ -72,7 +84,9 @@ def test_bd_table_has_every_ordered_pair():
 
 def test_psnr_at_interpolates_in_log_bpp():
     curve = [(0.5, 30.0), (0.125, 20.0), (2.0, 40.0)]  # unsorted on purpose
-    assert psnr_at(curve, 0.25) == pytest.approx(20.0 + 10.0 * 0.5)  # halfway in log2 between 1/8 and 1/2
+    assert psnr_at(curve, 0.25) == pytest.approx(
+        20.0 + 10.0 * 0.5
+    )  # halfway in log2 between 1/8 and 1/2
     assert psnr_at(curve, 1.0) == pytest.approx(35.0)
     assert psnr_at(curve, 0.5) == pytest.approx(30.0)
     assert psnr_at(curve, 2.0) == pytest.approx(40.0)
@@ -102,7 +116,15 @@ def test_evaluate_baseline_jpeg_real_bitstream(small_images):
     settings = [10, 50, 90]
     points = evaluate_baseline("jpeg", small_images, progress=False, settings=settings)
     assert [p["setting"] for p in points] == settings
-    assert set(points[0]) == {"setting", "bpp", "psnr", "ms_ssim", "encode_s", "decode_s", "entropy_bpp"}
+    assert set(points[0]) == {
+        "setting",
+        "bpp",
+        "psnr",
+        "ms_ssim",
+        "encode_s",
+        "decode_s",
+        "entropy_bpp",
+    }
     assert all(p["entropy_bpp"] is None for p in points)  # no model cross-entropy for JPEG
 
     # independent recomputation of bpp and PSNR at quality 50
@@ -112,7 +134,9 @@ def test_evaluate_baseline_jpeg_real_bitstream(small_images):
         buf = io.BytesIO()
         image.save(buf, format="JPEG", quality=50)
         bpps.append(len(buf.getvalue()) * 8 / (image.width * image.height))
-        decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), dtype=np.float64)
+        decoded = np.asarray(
+            Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), dtype=np.float64
+        )
         mse = np.mean((decoded - np.asarray(image, dtype=np.float64)) ** 2)
         psnrs.append(10 * math.log10(255**2 / mse))
     assert points[1]["bpp"] == pytest.approx(np.mean(bpps), rel=1e-12)
@@ -152,7 +176,12 @@ def test_available_codecs_reports_missing_library(monkeypatch):
 
 def test_plot_rd_writes_png(tmp_path):
     path = tmp_path / "rd.png"
-    plot_rd({"jpeg": CURVE, "better": scaled(CURVE, 0.8)}, path, "test", published={"paper": scaled(CURVE, 0.7)})
+    plot_rd(
+        {"jpeg": CURVE, "better": scaled(CURVE, 0.8)},
+        path,
+        "test",
+        published={"paper": scaled(CURVE, 0.7)},
+    )
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(path) as im:
@@ -161,7 +190,10 @@ def test_plot_rd_writes_png(tmp_path):
 
 def test_load_published_reads_compressai_format(tmp_path):
     def write(stem, name, bpp, psnr_rgb):
-        results = {"bpp": bpp, **({"psnr-rgb": psnr_rgb} if psnr_rgb else {"ms-ssim-db-rgb": [1.0] * len(bpp)})}
+        results = {
+            "bpp": bpp,
+            **({"psnr-rgb": psnr_rgb} if psnr_rgb else {"ms-ssim-db-rgb": [1.0] * len(bpp)}),
+        }
         (tmp_path / f"{stem}.json").write_text(json.dumps({"name": name, "results": results}))
 
     write("compressai-mbt2018_mse_cpu", "mbt2018", [0.5, 0.2], [33.0, 29.0])

@@ -4,23 +4,23 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import photo, tiny_model
 from PIL import Image
 
 from dqcodec.cli import main
 from dqcodec.codec import Codec, load_codec
 from dqcodec.errors import DQError
-from dqcodec.image_io import to_tensor
 from dqcodec.evaluation.metrics import psnr
+from dqcodec.image_io import to_tensor
 from dqcodec.models.dq import pad_to_stride
 from dqcodec.models.encoder_search import DEFAULT_EFFORT, EFFORTS, Search, refine_features, windows
-
-from conftest import photo, tiny_model
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "bsds500-test_100007.jpg"
 
 
-@pytest.mark.parametrize("shape,window,margin", [((32, 48), 48, 4), ((100, 76), 8, 4), ((4, 4), 8, 4),
-                                                  ((24, 60), 16, 6)])
+@pytest.mark.parametrize(
+    "shape,window,margin", [((32, 48), 48, 4), ((100, 76), 8, 4), ((4, 4), 8, 4), ((24, 60), 16, 6)]
+)
 def test_windows_partition_the_features_on_the_top_grid(shape, window, margin):
     covered = np.zeros(shape, dtype=int)
     for (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) in windows(shape, 4, window, margin):
@@ -91,7 +91,11 @@ def test_encoding_uses_the_default_effort():
     codec = Codec(tiny_model(0))
     image = photo(64, 64, 5)
     other = 1 if DEFAULT_EFFORT == 0 else 0
-    assert codec.encode(image) == codec.encode(image, effort=DEFAULT_EFFORT) != codec.encode(image, effort=other)
+    assert (
+        codec.encode(image)
+        == codec.encode(image, effort=DEFAULT_EFFORT)
+        != codec.encode(image, effort=other)
+    )
 
 
 def test_unknown_effort_is_refused():

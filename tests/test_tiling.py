@@ -13,8 +13,13 @@ import torch
 
 from dqcodec.models.config import ModelConfig
 from dqcodec.models.dq import DQModel
-from dqcodec.models.tiling import (receptive_radius, required_overlap, tile_spans, tiled_analysis,
-                            tiled_synthesis)
+from dqcodec.models.tiling import (
+    receptive_radius,
+    required_overlap,
+    tile_spans,
+    tiled_analysis,
+    tiled_synthesis,
+)
 
 BOUND = 1e-5
 
@@ -27,9 +32,12 @@ def model():
 
 def smooth_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
-    x = torch.stack([0.5 + 0.3 * torch.sin(6 * xx + 2 * yy), 0.5 + 0.3 * torch.cos(5 * yy),
-                     0.4 + 0.3 * xx * yy])[None]
+    yy, xx = torch.meshgrid(
+        torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij"
+    )
+    x = torch.stack(
+        [0.5 + 0.3 * torch.sin(6 * xx + 2 * yy), 0.5 + 0.3 * torch.cos(5 * yy), 0.4 + 0.3 * xx * yy]
+    )[None]
     return (x + 0.03 * torch.randn(1, 3, height, width, generator=gen)).clamp(0, 1)
 
 
@@ -48,8 +56,10 @@ def test_tile_spans_partition():
                 assert cores[0][0] == 0 and cores[-1][1] == length
                 assert all(b0 == a1 for (_, b0), (a1, _) in zip(cores, cores[1:]))
                 assert all(0 < b - a <= tile for a, b in cores)
-                assert all(max(0, a - overlap) == s and min(length, b + overlap) == e
-                           for s, e, a, b in spans)
+                assert all(
+                    max(0, a - overlap) == s and min(length, b + overlap) == e
+                    for s, e, a, b in spans
+                )
                 assert len(cores) == -(-length // tile)  # as few tiles as `tile` allows
                 sizes = [b - a for a, b in cores]
                 assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
@@ -80,9 +90,11 @@ def test_synthesis_tiled_matches_untiled(model):
         short = tiled_synthesis(model.g_s, y, tile=4, overlap=1)
     assert tiled.shape == full.shape == (1, 3, 256, 320)
     diff = (tiled - full).abs().max().item()
-    print(f"\ng_s tile=4 overlap=4: max|diff| {diff:.3g}, PSNR {psnr(tiled, full):.1f} dB "
-          f"(too-small overlap=1: max|diff| {(short - full).abs().max().item():.3g}, "
-          f"PSNR {psnr(short, full):.1f} dB)")
+    print(
+        f"\ng_s tile=4 overlap=4: max|diff| {diff:.3g}, PSNR {psnr(tiled, full):.1f} dB "
+        f"(too-small overlap=1: max|diff| {(short - full).abs().max().item():.3g}, "
+        f"PSNR {psnr(short, full):.1f} dB)"
+    )
     assert diff < BOUND
     assert (ragged - ragged_full).abs().max().item() < BOUND
     assert (minimal - full).abs().max().item() < BOUND
@@ -103,9 +115,11 @@ def test_analysis_tiled_matches_untiled(model):
         odd_full = model.g_a(odd)
     assert tiled.shape == full.shape == (1, model.config.width, 16, 20)
     diff = (tiled - full).abs().max().item()
-    print(f"\ng_a tile=64 overlap=64: max|diff| {diff:.3g} (|h| max {full.abs().max().item():.3g}), "
-          f"PSNR {psnr(tiled, full):.1f} dB (too-small overlap=16: max|diff| "
-          f"{(short - full).abs().max().item():.3g}, PSNR {psnr(short, full):.1f} dB)")
+    print(
+        f"\ng_a tile=64 overlap=64: max|diff| {diff:.3g} (|h| max {full.abs().max().item():.3g}), "
+        f"PSNR {psnr(tiled, full):.1f} dB (too-small overlap=16: max|diff| "
+        f"{(short - full).abs().max().item():.3g}, PSNR {psnr(short, full):.1f} dB)"
+    )
     assert diff < BOUND
     assert odd_tiled.shape == odd_full.shape == (1, model.config.width, 16, 19)
     assert (odd_tiled - odd_full).abs().max().item() < BOUND
@@ -122,11 +136,14 @@ def test_default_overlaps_cover_the_receptive_fields(model):
     assert required_overlap(model.g_a, stride) <= _default(tiled_analysis, "overlap")
     assert _default(tiled_synthesis, "stride") == _default(tiled_analysis, "stride") == stride
     with pytest.raises(ValueError):
-        receptive_radius(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3), torch.nn.Upsample(scale_factor=2)))
+        receptive_radius(
+            torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3), torch.nn.Upsample(scale_factor=2))
+        )
 
 
 def _default(fn, name):
     import inspect
+
     return inspect.signature(fn).parameters[name].default
 
 

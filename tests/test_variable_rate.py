@@ -5,18 +5,21 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import photo
 
 from dqcodec.codec import Codec, load_codec
 from dqcodec.container import DQFile
 from dqcodec.errors import DQError
-from dqcodec.models.dq import DQModel
 from dqcodec.image_io import to_tensor
-from dqcodec.models.dq import pad_to_stride
-from dqcodec.training.trainer import TrainOptions, initialised_model, parse_lambdas, single_rate_model
+from dqcodec.models.dq import DQModel, pad_to_stride
 from dqcodec.testing import tiny_model, tiny_variable_rate_model
+from dqcodec.training.trainer import (
+    TrainOptions,
+    initialised_model,
+    parse_lambdas,
+    single_rate_model,
+)
 from dqcodec.zoo import read_model_file, save_model
-
-from conftest import photo
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +44,9 @@ def test_each_rate_point_round_trips_and_is_recorded(model):
 def test_a_smaller_gain_quantizes_more_coarsely(model):
     x = pad_to_stride(to_tensor(photo(100, 70, 3)), 64)
     with torch.inference_mode():
-        distinct = [model.compress(x, None, p)["indices"]["bottom"].unique().numel() for p in range(3)]
+        distinct = [
+            model.compress(x, None, p)["indices"]["bottom"].unique().numel() for p in range(3)
+        ]
     assert distinct[0] < distinct[1] < distinct[2]
 
 
@@ -72,7 +77,9 @@ def test_saved_variable_rate_model_keeps_its_points(model, tmp_path):
     assert loaded.config.lambdas == (0.001, 0.01, 0.1)
     image = photo(64, 64, 1)
     for point in range(3):
-        assert Codec(loaded, rate_point=point).encode(image) == Codec(model, rate_point=point).encode(image)
+        assert Codec(loaded, rate_point=point).encode(image) == Codec(
+            model, rate_point=point
+        ).encode(image)
     assert load_codec(path=path, rate_point=0).rate_point == 0
 
 
@@ -84,7 +91,7 @@ def test_widening_a_single_rate_model_keeps_its_highest_point(tmp_path):
     widened = initialised_model(opts)
     assert widened.config.lambdas == (0.001, 0.01)
     gains = widened.bottom_gain.detach().exp()
-    assert torch.allclose(gains[0], torch.full_like(gains[0], 0.1 ** 0.25))
+    assert torch.allclose(gains[0], torch.full_like(gains[0], 0.1**0.25))
     assert torch.equal(gains[1], torch.ones_like(gains[1]))
     for level in (widened.top, widened.bottom):  # one code bias per point, each the source's
         assert level.prior.code_bias.shape[0] == 2
@@ -139,15 +146,37 @@ def test_cli_trains_encodes_and_evaluates_a_variable_rate_model(tmp_path, traini
     from test_cli import run
 
     out = tmp_path / "run"
-    r = run("train", "--data", training_photos, "--out", out, "--width", 8, "--groups", 4,
-            "--codebook-size", 4, "--steps", 2, "--lambdas", "0.001,0.01,0.1", "--stages", "64x2:1")
+    r = run(
+        "train",
+        "--data",
+        training_photos,
+        "--out",
+        out,
+        "--width",
+        8,
+        "--groups",
+        4,
+        "--codebook-size",
+        4,
+        "--steps",
+        2,
+        "--lambdas",
+        "0.001,0.01,0.1",
+        "--stages",
+        "64x2:1",
+    )
     assert r.exit_code == 0, r.output
     assert "val bpp" in r.output and r.output.count("psnr") >= 3  # every point validated
     exported = tmp_path / "vr.safetensors"
     assert run("export", out / "best.pt", "-o", exported).exit_code == 0
     src = tmp_path / "in.png"
     photo(64, 64).save(src)
-    assert run("encode", src, "-o", tmp_path / "a.dq", "--model", exported, "--rate-point", 1).exit_code == 0
+    assert (
+        run(
+            "encode", src, "-o", tmp_path / "a.dq", "--model", exported, "--rate-point", 1
+        ).exit_code
+        == 0
+    )
     assert "rate point 1" in run("info", tmp_path / "a.dq").output
     r = run("eval", "--data-dir", training_photos, "--model", exported, "--no-progress")
     assert r.exit_code == 0, r.output
@@ -174,12 +203,19 @@ def test_bf16_training_precision_is_resolved_or_refused():
 
 
 def test_training_leaves_the_gains_where_they_start(tmp_path, training_photos):
-    from dqcodec.training.trainer import model_from_checkpoint, train
     from dqcodec.testing import TINY
+    from dqcodec.training.trainer import model_from_checkpoint, train
 
     config = dataclasses.replace(TINY, lambdas=(0.001, 0.016))
-    opts = TrainOptions(data=training_photos, out=tmp_path / "run", steps=3, config=config,
-                        warmup=1, val_every=3, checkpoint_every=3)
+    opts = TrainOptions(
+        data=training_photos,
+        out=tmp_path / "run",
+        steps=3,
+        config=config,
+        warmup=1,
+        val_every=3,
+        checkpoint_every=3,
+    )
     train(opts, log=lambda m: None)
     trained = model_from_checkpoint(tmp_path / "run" / "best.pt")
     fresh = DQModel(config)

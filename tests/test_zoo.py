@@ -92,12 +92,17 @@ def test_weights_are_safetensors_and_load_without_pickle(monkeypatch):
 
 
 def test_levels_configure_their_codecs():
-    """Each level's codec: the manifest's settings (search_scale included) and the documented ids."""
+    """Each level's codec: the manifest's settings (search_scale included) and the documented
+    ids."""
     for quality, (weights, rate_weight, _, search_scale) in EXPECTED_MANIFEST.items():
         codec = load_codec(quality)
         rate_point, integer_id = EXPECTED_CODEC[quality]
         assert (codec.quality, codec.rate_point, codec.rate_weight, codec.search_scale) == (
-            quality, rate_point, rate_weight, search_scale), quality
+            quality,
+            rate_point,
+            rate_weight,
+            search_scale,
+        ), quality
         assert codec.float_model_id.hex() == EXPECTED_WEIGHTS[weights][1], quality
         assert codec.model_id.hex() == integer_id, quality
     assert load_model().quality == 5
@@ -109,7 +114,12 @@ def test_every_level_round_trips_through_the_api(quality, tmp_path):
     data = encode(image, quality=quality)
     dq = DQFile.from_bytes(data)
     rate_point, integer_id = EXPECTED_CODEC[quality]
-    assert (dq.version, dq.quality, dq.rate_point, dq.model_id.hex()) == (2, quality, rate_point, integer_id)
+    assert (dq.version, dq.quality, dq.rate_point, dq.model_id.hex()) == (
+        2,
+        quality,
+        rate_point,
+        integer_id,
+    )
     decoded = decode(data)
     assert decoded.size == image.size and decoded.mode == "RGB"
     assert np.array_equal(np.asarray(decode(data)), np.asarray(decoded))

@@ -54,7 +54,9 @@ class RangeRecorder:
             if self.statistic == "quantile":
                 flat = out.detach().float().reshape(-1)
                 if flat.numel() > _SAMPLE:
-                    flat = flat[torch.randint(0, flat.numel(), (_SAMPLE,), generator=self.generator)]
+                    flat = flat[
+                        torch.randint(0, flat.numel(), (_SAMPLE,), generator=self.generator)
+                    ]
                 self.samples.setdefault(name, []).append(flat)
             self.max_abs[name] = max(self.max_abs.get(name, 0.0), float(out.detach().max()))
 
@@ -65,7 +67,9 @@ class RangeRecorder:
         if self.statistic == "quantile":
             for name, parts in self.samples.items():
                 values = torch.cat(parts)
-                out[name] = float(torch.quantile(values, QUANTILE)) if values.numel() > 1 else out[name]
+                out[name] = (
+                    float(torch.quantile(values, QUANTILE)) if values.numel() > 1 else out[name]
+                )
         return out
 
     def remove(self) -> None:
@@ -120,6 +124,7 @@ def _nested(flat: dict[str, float]) -> dict:
 
 def sample_codes(model: DQModel, point: int, shape: tuple[int, int], batch: int, generator) -> None:
     """Draw code indices from the model's own prior, top level then bottom, pass by pass."""
+
     def sample(p, groups, logits, rows, mask, table):
         flat = torch.softmax(logits.reshape(-1, logits.shape[-1]), -1)
         return torch.multinomial(flat, 1, generator=generator).reshape(logits.shape[:-1])
@@ -131,14 +136,26 @@ def sample_codes(model: DQModel, point: int, shape: tuple[int, int], batch: int,
 
 
 @torch.no_grad()
-def calibrate_synthesized(model: DQModel, samples: int = 8, shape: tuple[int, int] = (8, 12),
-                          statistic: str = "max", seed: int = 0) -> dict:
+def calibrate_synthesized(
+    model: DQModel,
+    samples: int = 8,
+    shape: tuple[int, int] = (8, 12),
+    statistic: str = "max",
+    seed: int = 0,
+) -> dict:
     """Ranges at every rate point from `samples` top-level latents of `shape` (8 x 12: a
     768 x 512 image) drawn from the model's own prior."""
     generator = torch.Generator().manual_seed(seed)
-    points = _ranges_per_point(model, statistic, lambda p: sample_codes(model, p, shape, samples, generator))
-    return {"version": CALIBRATION_VERSION, "source": f"synthesized: {samples} samples of {shape[0]}x{shape[1]} "
-            "top-level codes drawn from the prior", "statistic": statistic, "points": points}
+    points = _ranges_per_point(
+        model, statistic, lambda p: sample_codes(model, p, shape, samples, generator)
+    )
+    return {
+        "version": CALIBRATION_VERSION,
+        "source": f"synthesized: {samples} samples of {shape[0]}x{shape[1]} "
+        "top-level codes drawn from the prior",
+        "statistic": statistic,
+        "points": points,
+    }
 
 
 def training_photos(folder: Path, count: int) -> list[Path]:
@@ -155,7 +172,9 @@ def training_photos(folder: Path, count: int) -> list[Path]:
 
 
 @torch.no_grad()
-def calibrate_photos(model: DQModel, photos: list[Path], crop: int = 512, statistic: str = "max") -> dict:
+def calibrate_photos(
+    model: DQModel, photos: list[Path], crop: int = 512, statistic: str = "max"
+) -> dict:
     """Ranges at every rate point from the codes assigned to centre crops of photos."""
     from dqcodec.image_io import open_image, to_tensor
     from dqcodec.models.dq import pad_to_stride
@@ -164,10 +183,19 @@ def calibrate_photos(model: DQModel, photos: list[Path], crop: int = 512, statis
     for path in photos:
         image = open_image(path).convert("RGB")
         left, top = max(0, (image.width - crop) // 2), max(0, (image.height - crop) // 2)
-        images.append(pad_to_stride(to_tensor(image.crop((left, top, left + crop, top + crop))),
-                                    model.config.top_stride))
+        images.append(
+            pad_to_stride(
+                to_tensor(image.crop((left, top, left + crop, top + crop))), model.config.top_stride
+            )
+        )
     features = [model.analyse_image(x) for x in images]  # the same at every rate point
-    points = _ranges_per_point(model, statistic,
-                               lambda p: [model.assign_codes(f, p) for f in features])
-    return {"version": CALIBRATION_VERSION, "source": f"photos: centre {crop}x{crop} crops of "
-            + ", ".join(sorted(p.name for p in photos)), "statistic": statistic, "points": points}
+    points = _ranges_per_point(
+        model, statistic, lambda p: [model.assign_codes(f, p) for f in features]
+    )
+    return {
+        "version": CALIBRATION_VERSION,
+        "source": f"photos: centre {crop}x{crop} crops of "
+        + ", ".join(sorted(p.name for p in photos)),
+        "statistic": statistic,
+        "points": points,
+    }

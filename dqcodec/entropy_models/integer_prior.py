@@ -5,8 +5,8 @@ An `IntegerModel` is derived from a float `DQModel`, one rate point at a time, b
 `derive(model, point, calibration, policy)`: weights become per-channel integers at the
 policy's bit widths, activations 8- to 15-bit integers with calibrated ranges
 (`calibration.py`), sums and residual streams wide integers, GELU and exp lookup tables (see
-layers/fixed_point.py for why the derivation gives the same integers everywhere). It mirrors `CodePrior` and the top level's
-synthesis `top_s`, which conditions the bottom level:
+layers/fixed_point.py for why the derivation gives the same integers everywhere). It mirrors
+`CodePrior` and the top level's synthesis `top_s`, which conditions the bottom level:
 
     top indices -> codes (int8) -> top_s -> cond (int8) -> bottom prior
     prior: GELU(trunk(cond)) -> per slice: proj + spatial(current) + channel(previous)
@@ -26,8 +26,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dqcodec.layers.fixed_point import WIDE_MAX, Format, IntConv, apply_table, exp64, gelu_table, int_conv, lookup
 from dqcodec.entropy_models.prior import CodePrior
+from dqcodec.layers.fixed_point import (
+    WIDE_MAX,
+    Format,
+    IntConv,
+    apply_table,
+    exp64,
+    gelu_table,
+    int_conv,
+    lookup,
+)
 
 if TYPE_CHECKING:
     from dqcodec.models.dq import DQModel
@@ -43,8 +52,14 @@ EXP_BITS = 26  # the most likely code weighs 2^26
 TOTAL_BITS = 24  # constriction's range coder: frequencies (+1 each) sum to 2^24
 INTEGER_PATH_VERSION = "1"  # bump when the derivation changes: it changes the model id
 
-EXP_TABLE = torch.from_numpy(np.rint(np.ldexp(
-    exp64(-np.arange(EXP_RANGE << LOGIT_BITS, dtype=np.float64) / (1 << LOGIT_BITS)), EXP_BITS)))
+EXP_TABLE = torch.from_numpy(
+    np.rint(
+        np.ldexp(
+            exp64(-np.arange(EXP_RANGE << LOGIT_BITS, dtype=np.float64) / (1 << LOGIT_BITS)),
+            EXP_BITS,
+        )
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -61,21 +76,51 @@ class Policy:
         return self.bits[kind][1]
 
 
-LAYER_KINDS = ("condition.deconv1", "condition.deconv2", "trunk", "spatial", "channel", "proj",
-               "block.conv1", "block.conv2", "head.conv1", "head.conv2")
+LAYER_KINDS = (
+    "condition.deconv1",
+    "condition.deconv2",
+    "trunk",
+    "spatial",
+    "channel",
+    "proj",
+    "block.conv1",
+    "block.conv2",
+    "head.conv1",
+    "head.conv2",
+)
 UNIFORM8 = Policy("uniform8", {k: (8, 8) for k in LAYER_KINDS})
 # Chu et al. (arXiv 1912.12656): bit width falling with depth, from the inputs to the head
-DECREASING = Policy("decreasing", {
-    "condition.deconv1": (12, 12), "condition.deconv2": (8, 8), "trunk": (12, 12), "spatial": (12, 12),
-    "channel": (12, 12), "proj": (8, 8), "block.conv1": (8, 8), "block.conv2": (8, 8),
-    "head.conv1": (6, 6), "head.conv2": (6, 6)})
+DECREASING = Policy(
+    "decreasing",
+    {
+        "condition.deconv1": (12, 12),
+        "condition.deconv2": (8, 8),
+        "trunk": (12, 12),
+        "spatial": (12, 12),
+        "channel": (12, 12),
+        "proj": (8, 8),
+        "block.conv1": (8, 8),
+        "block.conv2": (8, 8),
+        "head.conv1": (6, 6),
+        "head.conv2": (6, 6),
+    },
+)
 # What measurement asks for instead: the rate is sensitive to the codes coming in and to the
 # head's mean and log-scale going out; the layers between take 8 bits, the residual blocks
 # 7-bit weights (one int8 digit each, see fixed_point.weight_digits: half the GEMMs)
-PRECISE_ENDS = Policy("precise-ends", {
-    **{k: (8, 8) for k in LAYER_KINDS}, "block.conv1": (7, 8), "block.conv2": (7, 8),
-    "spatial": (14, 15), "channel": (14, 15),
-    "condition.deconv1": (14, 15), "head.conv1": (14, 15), "head.conv2": (14, 15)})
+PRECISE_ENDS = Policy(
+    "precise-ends",
+    {
+        **{k: (8, 8) for k in LAYER_KINDS},
+        "block.conv1": (7, 8),
+        "block.conv2": (7, 8),
+        "spatial": (14, 15),
+        "channel": (14, 15),
+        "condition.deconv1": (14, 15),
+        "head.conv1": (14, 15),
+        "head.conv2": (14, 15),
+    },
+)
 POLICIES = {p.name: p for p in (UNIFORM8, DECREASING, PRECISE_ENDS)}
 DEFAULT_POLICY = PRECISE_ENDS
 
@@ -96,12 +141,31 @@ class GeluConv:
         return self.conv(apply_table(self.table, wide), self.zero, at)
 
 
-def _gelu_conv(conv: torch.nn.Conv2d, source: Format, act_max: float, kind: str, policy: Policy,
-               out_scale: np.ndarray, out: Format, limits: tuple | None = None) -> GeluConv:
+def _gelu_conv(
+    conv: torch.nn.Conv2d,
+    source: Format,
+    act_max: float,
+    kind: str,
+    policy: Policy,
+    out_scale: np.ndarray,
+    out: Format,
+    limits: tuple | None = None,
+) -> GeluConv:
     act = Format.after_gelu(act_max, policy.activation_bits(kind))
-    return GeluConv(gelu_table(source, act), act.zero,
-                    int_conv(_np(conv.weight), _np(conv.bias), act, None, out_scale, out,
-                             policy.weight_bits(kind), limits=limits))
+    return GeluConv(
+        gelu_table(source, act),
+        act.zero,
+        int_conv(
+            _np(conv.weight),
+            _np(conv.bias),
+            act,
+            None,
+            out_scale,
+            out,
+            policy.weight_bits(kind),
+            limits=limits,
+        ),
+    )
 
 
 def _full(n: int, value: float) -> np.ndarray:
@@ -153,8 +217,9 @@ class IntegerCodePrior:
             shared = shared + sl.channel(codes[..., : s * self.slice_channels], 0)
         return shared
 
-    def params(self, s: int, shared: Tensor, codes: Tensor, anchors: bool,
-               positions: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    def params(
+        self, s: int, shared: Tensor, codes: Tensor, anchors: bool, positions: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Mean (code units) and log-scale (1/64 steps), each (B, G_s, n, d) int64, and the
         free logits (B, G_s, n, K) or None, at the n positions (H, W bool) the pass codes, in
         row-major order."""
@@ -177,10 +242,14 @@ class IntegerCodePrior:
         out = out.reshape(b, n, self.groups_per_slice, 2, self.dim).permute(0, 2, 1, 3, 4)
         free = None
         if sl.free is not None:
-            free = sl.free(h[:, :, None]).reshape(b, n, self.groups_per_slice, -1).permute(0, 2, 1, 3)
+            free = (
+                sl.free(h[:, :, None]).reshape(b, n, self.groups_per_slice, -1).permute(0, 2, 1, 3)
+            )
         return out[..., 0, :], out[..., 1, :], free
 
-    def code_logits(self, s: int, mean: Tensor, log_scale: Tensor, free: Tensor | None = None) -> Tensor:
+    def code_logits(
+        self, s: int, mean: Tensor, log_scale: Tensor, free: Tensor | None = None
+    ) -> Tensor:
         """Logits (B, G_s, n, K) in 2^-LOGIT_BITS nats from mean and log-scale (B, G_s, n, d):
         bias - floor(2^-t sum_d p_d (c_d^2 - 2 m_d c_d)) (+ free logits), with p_d =
         floor(precision_d 2^t) and t per position such that the largest p_d < 2^23. The
@@ -191,15 +260,21 @@ class IntegerCodePrior:
         matmul stays below 2^52 + 2^48 < 2^53, whatever order the GEMM sums in; scaling by 2^-t
         and floor are exact. This runs several times faster than the same arithmetic in int64."""
         groups = slice(s * self.groups_per_slice, (s + 1) * self.groups_per_slice)
-        rows = torch.arange(groups.start * self.dim, groups.stop * self.dim).reshape(1, -1, 1, self.dim)
+        rows = torch.arange(groups.start * self.dim, groups.stop * self.dim).reshape(
+            1, -1, 1, self.dim
+        )
         steps = 8 * LOG_SCALE_STEPS + 1
-        precision = lookup(self.precision.reshape(-1), rows * steps + log_scale + 4 * LOG_SCALE_STEPS)
+        precision = lookup(
+            self.precision.reshape(-1), rows * steps + log_scale + 4 * LOG_SCALE_STEPS
+        )
         _, exponent = torch.frexp(precision.amax(-1, keepdim=True))
         shift = (PRECISION_PRODUCT_BITS - exponent).double()
         p = torch.ldexp(precision, shift).floor_()
         mean = mean.clamp(-MEAN_LIMIT, MEAN_LIMIT).double()
         features = torch.cat([p, p * mean * -2.0], -1)  # (B, G_s, n, 2d)
-        quadratic = torch.matmul(features, self.code_features[groups].transpose(1, 2))  # (B, G_s, n, K)
+        quadratic = torch.matmul(
+            features, self.code_features[groups].transpose(1, 2)
+        )  # (B, G_s, n, K)
         quadratic = torch.ldexp(quadratic, -shift).floor_()
         logits = self.code_bias[groups].double()[None, :, None] - quadratic
         return logits if free is None else logits.add_(free.double())
@@ -238,14 +313,19 @@ class IntegerPasses:
     def logits(self, s: int, params: tuple, rows: slice, mask: Tensor) -> tuple[Tensor, Tensor]:
         mean, log_scale, free, starts = params
         block = slice(int(starts[rows.start]), int(starts[rows.stop]))
-        logits = self.prior.code_logits(s, mean[:, :, block], log_scale[:, :, block],
-                                        None if free is None else free[:, :, block])
+        logits = self.prior.code_logits(
+            s,
+            mean[:, :, block],
+            log_scale[:, :, block],
+            None if free is None else free[:, :, block],
+        )
         return logits, frequency_table(logits)
 
     def record(self, s: int, groups: slice, positions: Tensor, chosen: Tensor) -> None:
         channels = slice(s * self.prior.slice_channels, (s + 1) * self.prior.slice_channels)
-        self.codes[..., channels] = torch.where(positions[..., None], self.prior.lookup(chosen, groups),
-                                                self.codes[..., channels])
+        self.codes[..., channels] = torch.where(
+            positions[..., None], self.prior.lookup(chosen, groups), self.codes[..., channels]
+        )
 
 
 def frequency_table(logits: Tensor) -> Tensor:
@@ -262,7 +342,9 @@ def frequency_table(logits: Tensor) -> Tensor:
     sums = weights.sum(-1, keepdim=True).to(torch.int64)
     scale = torch.div(total << EXP_BITS, sums, rounding_mode="floor").double().mul_(2.0**-EXP_BITS)
     freqs = weights.mul_(scale).floor_()
-    freqs[..., -1] += total - freqs.sum(-1)  # what the floors leave (under 2 K) goes to the last code
+    freqs[..., -1] += total - freqs.sum(
+        -1
+    )  # what the floors leave (under 2 K) goes to the last code
     return freqs
 
 
@@ -299,6 +381,7 @@ class IntegerModel:
 
 # -- derivation ----------------------------------------------------------------------------------
 
+
 def _code_formats(codebooks: np.ndarray, bits: int) -> tuple[Format, np.ndarray, np.ndarray]:
     """The codes as network input: their integer format, the step of each channel (g, d),
     and their unit (G, d) in the logits' fixed point."""
@@ -316,7 +399,9 @@ def _code_values(codebooks: np.ndarray, step: np.ndarray, codes: Format) -> Tens
 def _precision_table(unit: np.ndarray) -> Tensor:
     """0.5 exp(-2 l) unit^2 in logit units per squared code unit, rounded to a 16-bit
     mantissa times a power of two (so its products with squared distances are exact)."""
-    steps = np.arange(-4 * LOG_SCALE_STEPS, 4 * LOG_SCALE_STEPS + 1, dtype=np.float64) / LOG_SCALE_STEPS
+    steps = (
+        np.arange(-4 * LOG_SCALE_STEPS, 4 * LOG_SCALE_STEPS + 1, dtype=np.float64) / LOG_SCALE_STEPS
+    )
     value = 0.5 * exp64(-2.0 * steps)[None, None, :] * (unit * unit)[:, :, None] * (1 << LOGIT_BITS)
     frac, exponent = np.frexp(value)  # value = frac * 2^exponent, frac in [0.5, 1)
     shift = PRECISION_BITS - exponent
@@ -328,65 +413,149 @@ def _precision_table(unit: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ldexp(mantissa, -np.minimum(shift, 62)))
 
 
-def _derive_prior(prior: CodePrior, codebooks: np.ndarray, code_bias: np.ndarray,
-                  embedding: np.ndarray | None, cond: Format, ranges: dict, policy: Policy) -> IntegerCodePrior:
+def _derive_prior(
+    prior: CodePrior,
+    codebooks: np.ndarray,
+    code_bias: np.ndarray,
+    embedding: np.ndarray | None,
+    cond: Format,
+    ranges: dict,
+    policy: Policy,
+) -> IntegerCodePrior:
     groups_per_slice, dim, slice_channels = prior.groups_per_slice, prior.dim, prior.slice_channels
     codes, code_step, code_unit = _code_formats(codebooks, policy.activation_bits("spatial"))
     trunk_out = Format.wide(ranges["trunk"])
-    trunk = int_conv(_np(prior.cond_trunk[0].weight), _np(prior.cond_trunk[0].bias), cond, None,
-                     _full(prior.cond_trunk[0].out_channels, trunk_out.scale), trunk_out,
-                     policy.weight_bits("trunk"))
+    trunk = int_conv(
+        _np(prior.cond_trunk[0].weight),
+        _np(prior.cond_trunk[0].bias),
+        cond,
+        None,
+        _full(prior.cond_trunk[0].out_channels, trunk_out.scale),
+        trunk_out,
+        policy.weight_bits("trunk"),
+    )
     features = Format.after_gelu(ranges["features"], policy.activation_bits("proj"))
     slices = []
     for s, context in enumerate(prior.contexts):
         h = Format.wide(ranges[f"h{s}"])
         width = context.spatial.out_channels
         to_h = _full(width, h.scale)
-        proj = int_conv(_np(prior.cond_proj[s].weight), _np(prior.cond_proj[s].bias), features, None, to_h, h,
-                        policy.weight_bits("proj"), extra_input=embedding)
+        proj = int_conv(
+            _np(prior.cond_proj[s].weight),
+            _np(prior.cond_proj[s].bias),
+            features,
+            None,
+            to_h,
+            h,
+            policy.weight_bits("proj"),
+            extra_input=embedding,
+        )
         current = slice(s * slice_channels, (s + 1) * slice_channels)
-        spatial = int_conv(_np(context.spatial.weight), _np(context.spatial.bias), codes,
-                           code_step[current], to_h, h,
-                           policy.weight_bits("spatial"))
-        spatial_bias = torch.from_numpy(np.rint(_np(context.spatial.bias) / h.scale).astype(np.int64))
+        spatial = int_conv(
+            _np(context.spatial.weight),
+            _np(context.spatial.bias),
+            codes,
+            code_step[current],
+            to_h,
+            h,
+            policy.weight_bits("spatial"),
+        )
+        spatial_bias = torch.from_numpy(
+            np.rint(_np(context.spatial.bias) / h.scale).astype(np.int64)
+        )
         channel = None
         if context.channel is not None:
-            channel = int_conv(_np(context.channel.weight), _np(context.channel.bias), codes,
-                               code_step[: s * slice_channels], to_h, h, policy.weight_bits("channel"))
+            channel = int_conv(
+                _np(context.channel.weight),
+                _np(context.channel.bias),
+                codes,
+                code_step[: s * slice_channels],
+                to_h,
+                h,
+                policy.weight_bits("channel"),
+            )
         blocks = []
         for b, block in enumerate(context.blocks):
             middle = Format.wide(ranges[f"s{s}.b{b}.mid"])
-            blocks.append((
-                _gelu_conv(block[1], h, ranges[f"s{s}.b{b}.act1"], "block.conv1", policy,
-                           _full(width, middle.scale), middle),
-                _gelu_conv(block[3], middle, ranges[f"s{s}.b{b}.act2"], "block.conv2", policy, to_h, h),
-            ))
+            blocks.append(
+                (
+                    _gelu_conv(
+                        block[1],
+                        h,
+                        ranges[f"s{s}.b{b}.act1"],
+                        "block.conv1",
+                        policy,
+                        _full(width, middle.scale),
+                        middle,
+                    ),
+                    _gelu_conv(
+                        block[3], middle, ranges[f"s{s}.b{b}.act2"], "block.conv2", policy, to_h, h
+                    ),
+                )
+            )
         head_mid = Format.wide(ranges[f"s{s}.head.mid"])
         groups = slice(s * groups_per_slice, (s + 1) * groups_per_slice)
         # head outputs (G_s, 2, d): means in code units, log-scales in 1/64 steps
         units = code_unit[groups]
         out_scale = np.stack([units, np.full_like(units, 1.0 / LOG_SCALE_STEPS)], 1).reshape(-1)
         # means within the wide range, log-scales within the float prior's clamp [-4, 4]
-        limit = np.stack([np.full_like(units, WIDE_MAX), np.full_like(units, 4 * LOG_SCALE_STEPS)], 1).reshape(-1)
-        to_params = _gelu_conv(context.head[3], head_mid, ranges[f"s{s}.head.act2"], "head.conv2", policy,
-                               out_scale, Format(1.0, 0, -WIDE_MAX, WIDE_MAX), limits=(-limit, limit))
-        head = (_gelu_conv(context.head[1], h, ranges[f"s{s}.head.act1"], "head.conv1", policy,
-                           _full(width, head_mid.scale), head_mid), to_params)
+        limit = np.stack(
+            [np.full_like(units, WIDE_MAX), np.full_like(units, 4 * LOG_SCALE_STEPS)], 1
+        ).reshape(-1)
+        to_params = _gelu_conv(
+            context.head[3],
+            head_mid,
+            ranges[f"s{s}.head.act2"],
+            "head.conv2",
+            policy,
+            out_scale,
+            Format(1.0, 0, -WIDE_MAX, WIDE_MAX),
+            limits=(-limit, limit),
+        )
+        head = (
+            _gelu_conv(
+                context.head[1],
+                h,
+                ranges[f"s{s}.head.act1"],
+                "head.conv1",
+                policy,
+                _full(width, head_mid.scale),
+                head_mid,
+            ),
+            to_params,
+        )
         free = None
         if context.free is not None:  # logits up to 2^30 units: far beyond any that matters
-            free = _gelu_conv(context.free[1], h, ranges[f"s{s}.free.act"], "head.conv2", policy,
-                              _full(context.free[1].out_channels, 2.0**-LOGIT_BITS),
-                              Format(1.0, 0, -(1 << 30), 1 << 30))
+            free = _gelu_conv(
+                context.free[1],
+                h,
+                ranges[f"s{s}.free.act"],
+                "head.conv2",
+                policy,
+                _full(context.free[1].out_channels, 2.0**-LOGIT_BITS),
+                Format(1.0, 0, -(1 << 30), 1 << 30),
+            )
         slices.append(IntegerSlice(proj, spatial, spatial_bias, channel, blocks, head, free))
     precision = _precision_table(code_unit)
     return IntegerCodePrior(
-        groups_per_slice, dim, slice_channels, cond.zero, trunk, gelu_table(trunk_out, features), features.zero,
-        slices, _code_values(codebooks, code_step, codes), torch.from_numpy(np.rint(codebooks / code_unit[:, None, :])
-                                                                    .astype(np.int64)),
-        precision, torch.from_numpy(np.rint(code_bias * (1 << LOGIT_BITS)).astype(np.int64)))
+        groups_per_slice,
+        dim,
+        slice_channels,
+        cond.zero,
+        trunk,
+        gelu_table(trunk_out, features),
+        features.zero,
+        slices,
+        _code_values(codebooks, code_step, codes),
+        torch.from_numpy(np.rint(codebooks / code_unit[:, None, :]).astype(np.int64)),
+        precision,
+        torch.from_numpy(np.rint(code_bias * (1 << LOGIT_BITS)).astype(np.int64)),
+    )
 
 
-def derive(model: "DQModel", point: int, calibration: dict, policy: Policy = DEFAULT_POLICY) -> IntegerModel:
+def derive(
+    model: DQModel, point: int, calibration: dict, policy: Policy = DEFAULT_POLICY
+) -> IntegerModel:
     """The integer prior of one rate point (0 for a single-rate model)."""
     ranges = calibration["points"][str(point)]
     variable = model.config.rate_points > 1
@@ -398,37 +567,71 @@ def derive(model: "DQModel", point: int, calibration: dict, policy: Policy = DEF
         codec = getattr(model, level)
         bias = _np(codec.prior.code_bias)
         bias = bias[point] if bias.ndim == 3 else bias
-        embedding = _np(codec.prior.point_embedding[point]) if codec.prior.point_embedding is not None else None
-        cond = Format(1.0, 0, 1, 1) if level == "top" else Format.symmetric(ranges["bottom"]["cond"])
-        priors[level] = _derive_prior(codec.prior, _np(codec.quantizer.codebooks), bias, embedding, cond,
-                                      ranges[level], policy)
+        embedding = (
+            _np(codec.prior.point_embedding[point])
+            if codec.prior.point_embedding is not None
+            else None
+        )
+        cond = (
+            Format(1.0, 0, 1, 1) if level == "top" else Format.symmetric(ranges["bottom"]["cond"])
+        )
+        priors[level] = _derive_prior(
+            codec.prior,
+            _np(codec.quantizer.codebooks),
+            bias,
+            embedding,
+            cond,
+            ranges[level],
+            policy,
+        )
     # top_s reads the top codes divided by the point's gain
     top_codebooks = _np(model.top.quantizer.codebooks)
     codes, step, _ = _code_formats(top_codebooks, policy.activation_bits("condition.deconv1"))
     in_scale = step if gains["top"] is None else step / gains["top"]
     mid = Format.wide(ranges["condition"]["mid"])
     first_layer, _, second_layer = model.top_s
-    first = int_conv(_np(first_layer.weight), _np(first_layer.bias), codes, in_scale,
-                     _full(first_layer.out_channels, mid.scale), mid,
-                     policy.weight_bits("condition.deconv1"), transposed=True)
+    first = int_conv(
+        _np(first_layer.weight),
+        _np(first_layer.bias),
+        codes,
+        in_scale,
+        _full(first_layer.out_channels, mid.scale),
+        mid,
+        policy.weight_bits("condition.deconv1"),
+        transposed=True,
+    )
     cond = Format.symmetric(ranges["bottom"]["cond"])
     act = Format.after_gelu(ranges["condition"]["act"], policy.activation_bits("condition.deconv2"))
-    second = GeluConv(gelu_table(mid, act), act.zero,
-                      int_conv(_np(second_layer.weight), _np(second_layer.bias), act, None,
-                               _full(second_layer.out_channels, cond.scale), cond,
-                               policy.weight_bits("condition.deconv2"), transposed=True))
+    second = GeluConv(
+        gelu_table(mid, act),
+        act.zero,
+        int_conv(
+            _np(second_layer.weight),
+            _np(second_layer.bias),
+            act,
+            None,
+            _full(second_layer.out_channels, cond.scale),
+            cond,
+            policy.weight_bits("condition.deconv2"),
+            transposed=True,
+        ),
+    )
     condition = IntegerCondition(_code_values(top_codebooks, step, codes), first, second)
     return IntegerModel(priors["top"], priors["bottom"], condition, _weight_bits(model, policy))
 
 
-def _weight_bits(model: "DQModel", policy: Policy) -> int:
+def _weight_bits(model: DQModel, policy: Policy) -> int:
     """Bits of the integer path's convolution weights at the policy's widths (packed)."""
     total = 0
     for level in (model.top, model.bottom):
         p = level.prior
         kinds = [(p.cond_trunk[0], "trunk")] + [(c, "proj") for c in p.cond_proj]
         for ctx in p.contexts:
-            kinds += [(ctx.spatial, "spatial"), (ctx.head[1], "head.conv1"), (ctx.head[3], "head.conv2")]
+            kinds += [
+                (ctx.spatial, "spatial"),
+                (ctx.head[1], "head.conv1"),
+                (ctx.head[3], "head.conv2"),
+            ]
             kinds += [(ctx.channel, "channel")] if ctx.channel is not None else []
             for block in ctx.blocks:
                 kinds += [(block[1], "block.conv1"), (block[3], "block.conv2")]

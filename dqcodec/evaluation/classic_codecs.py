@@ -122,7 +122,9 @@ def _heic_encode(image: Image.Image, setting: Setting) -> bytes:
 def _heic_decode(data: bytes) -> Image.Image:
     import pillow_heif
 
-    return pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=True).to_pillow().convert("RGB")
+    return (
+        pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=True).to_pillow().convert("RGB")
+    )
 
 
 # --------------------------------------------------------------------------- JPEG XL (imagecodecs)
@@ -252,7 +254,10 @@ def codec_unavailable(name: str) -> str | None:
 
 
 def available_codecs(names: Iterable[str]) -> tuple[dict[str, ClassicCodec], dict[str, str]]:
-    """-> ({name: ClassicCodec} usable here, {name: one-line reason} for the others), in the given order."""
+    """-> ({name: ClassicCodec} usable here, {name: one-line reason} for the others).
+
+    Both in the given order.
+    """
     usable: dict[str, ClassicCodec] = {}
     unavailable: dict[str, str] = {}
     for raw in names:
@@ -282,4 +287,6 @@ def evaluate_baseline(
         raise BaselineError("no images to evaluate")
     codec = CODECS[name]
     settings = tuple(codec.settings if settings is None else settings)
-    return [curve_point(s, evaluate(codec.at(s), paths, progress, desc=f"{name} {s}")) for s in settings]
+    return [
+        curve_point(s, evaluate(codec.at(s), paths, progress, desc=f"{name} {s}")) for s in settings
+    ]

@@ -1,4 +1,5 @@
-"""Evaluation data sets: the Kodak set (downloaded and checked on first use) or a folder of images."""
+"""Evaluation data sets: the Kodak set (downloaded and checked on first use) or a folder of
+images."""
 
 from __future__ import annotations
 
@@ -101,7 +102,10 @@ def _check_image_folder(folder: Path) -> list[Path]:
 
 
 def _download(url: str, target: Path, digest: str) -> None:
-    """Fetch `url` into `target` atomically; the file is only put in place if its SHA-256 is `digest`."""
+    """Fetch `url` into `target` atomically.
+
+    The file is only put in place if its SHA-256 is `digest`.
+    """
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     tmp = Path(tmp_name)
     try:
@@ -114,7 +118,8 @@ def _download(url: str, target: Path, digest: str) -> None:
                         out.write(chunk)
         except urllib.error.HTTPError as exc:
             raise DatasetError(
-                f"could not download {target.name} from {url}: HTTP {exc.code} {_one_line(exc.reason)}"
+                f"could not download {target.name} from {url}: "
+                f"HTTP {exc.code} {_one_line(exc.reason)}"
             ) from None
         except urllib.error.URLError as exc:
             raise DatasetError(
@@ -153,7 +158,9 @@ def kodak_dir(
         return folder
 
     folder = default_cache_dir() / "kodak"
-    needed = [name for name, digest in KODAK_SHA256.items() if not file_matches(folder / name, digest)]
+    needed = [
+        name for name, digest in KODAK_SHA256.items() if not file_matches(folder / name, digest)
+    ]
     if not needed:
         return folder
     if not download:
@@ -166,7 +173,9 @@ def kodak_dir(
     except OSError as exc:
         raise DatasetError(f"cannot create data directory {folder}: {_one_line(exc)}") from None
     base = base_url.rstrip("/") + "/"
-    with tqdm(total=len(needed), desc="Downloading Kodak", unit="file", disable=not progress) as bar:
+    with tqdm(
+        total=len(needed), desc="Downloading Kodak", unit="file", disable=not progress
+    ) as bar:
         for name in needed:
             bar.set_postfix_str(name, refresh=False)
             _download(base + name, folder / name, KODAK_SHA256[name])

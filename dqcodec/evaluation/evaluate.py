@@ -78,14 +78,22 @@ def evaluate_image(coder: Coder, name: str, image: Image.Image) -> ImageResult:
     pixels = image.width * image.height
     bits = encoded.information_bits
     return ImageResult(
-        name=name, width=image.width, height=image.height, bytes=len(encoded.data),
-        bpp=bits_per_pixel(len(encoded.data), image), psnr=psnr(image, decoded),
-        ms_ssim=ms_ssim(image, decoded), encode_s=encode_s, decode_s=decode_s,
+        name=name,
+        width=image.width,
+        height=image.height,
+        bytes=len(encoded.data),
+        bpp=bits_per_pixel(len(encoded.data), image),
+        psnr=psnr(image, decoded),
+        ms_ssim=ms_ssim(image, decoded),
+        encode_s=encode_s,
+        decode_s=decode_s,
         entropy_bpp=None if bits is None else bits / pixels,
     )
 
 
-def evaluate(coder: Coder, paths: Sequence[Path], progress: bool = True, desc: str = "dqcodec") -> list[ImageResult]:
+def evaluate(
+    coder: Coder, paths: Sequence[Path], progress: bool = True, desc: str = "dqcodec"
+) -> list[ImageResult]:
     bar = tqdm(paths, desc=desc, unit="img", file=sys.stderr, leave=False, disable=not progress)
     return [evaluate_image(coder, Path(p).name, open_image(p)) for p in bar]
 
@@ -100,11 +108,17 @@ def summarize(results: list[ImageResult]) -> dict:
     return mean
 
 
-def report(codec: Codec, dataset: str, results: list[ImageResult], effort: int = DEFAULT_EFFORT) -> dict:
+def report(
+    codec: Codec, dataset: str, results: list[ImageResult], effort: int = DEFAULT_EFFORT
+) -> dict:
     return {
         "dataset": dataset,
-        "codec": {"name": "dqcodec", "quality": codec.quality, "model_id": codec.model_id.hex(),
-                  "effort": effort},
+        "codec": {
+            "name": "dqcodec",
+            "quality": codec.quality,
+            "model_id": codec.model_id.hex(),
+            "effort": effort,
+        },
         "images": [asdict(r) for r in results],
         "mean": summarize(results),
     }

@@ -34,7 +34,9 @@ def _log_rate_integral(points: np.ndarray, lo: float, hi: float) -> float:
     return float(antiderivative(hi) - antiderivative(lo))
 
 
-def bd_rate(curve_a: Curve, curve_b: Curve, bpp_range: tuple[float, float] | None = None) -> float | None:
+def bd_rate(
+    curve_a: Curve, curve_b: Curve, bpp_range: tuple[float, float] | None = None
+) -> float | None:
     """Bjøntegaard delta rate of B relative to A, in percent (negative: B needs fewer bits).
 
     log(rate) is fitted as a cubic in PSNR (degree min(3, n-1) for curves of 2–3 points) and the
@@ -68,10 +70,7 @@ def bd_table(
 ) -> dict[tuple[str, str], float | None]:
     """BD-rate of every curve b relative to every other curve a: ``{(a, b): percent or None}``."""
     return {
-        (a, b): bd_rate(curves[a], curves[b], bpp_range)
-        for a in curves
-        for b in curves
-        if a != b
+        (a, b): bd_rate(curves[a], curves[b], bpp_range) for a in curves for b in curves if a != b
     }
 
 
@@ -132,8 +131,8 @@ def _published_key(stem: str) -> str:
     """CompressAI result file name -> short curve name.
 
     ``compressai-mbt2018_mse_cpu`` -> ``mbt2018``, ``compressai-mbt2018_ms-ssim_cpu`` ->
-    ``mbt2018_ms-ssim``, ``paper-elic2022_mse`` -> ``paper-elic2022``, ``bpg_444_x265_ycbcr`` -> ``bpg``,
-    ``vtm`` -> ``vtm``.
+    ``mbt2018_ms-ssim``, ``paper-elic2022_mse`` -> ``paper-elic2022``,
+    ``bpg_444_x265_ycbcr`` -> ``bpg``, ``vtm`` -> ``vtm``.
     """
     key = stem.removeprefix("compressai-")
     for suffix in ("_cpu", "_cuda"):
@@ -147,10 +146,11 @@ def _published_key(stem: str) -> str:
 def load_published(
     folder: str | Path, names: Iterable[str] | None = None
 ) -> dict[str, list[tuple[float, float]]]:
-    """Read CompressAI result JSON files (``{"name", "results": {"bpp", "psnr-rgb"}}``) in ``folder``.
+    """Read CompressAI result JSON files in ``folder``.
 
-    Keys are short names from the file names (see ``_published_key``: ``bmshj2018-hyperprior``,
-    ``mbt2018``, ``bpg``, ``vtm``, ``paper-mbt2018`` ...); where CPU and CUDA files give the same name
+    The files look like ``{"name", "results": {"bpp", "psnr-rgb"}}``. Keys are short names from
+    the file names (see ``_published_key``: ``bmshj2018-hyperprior``, ``mbt2018``, ``bpg``,
+    ``vtm``, ``paper-mbt2018`` ...); where CPU and CUDA files give the same name
     the CPU one is kept. Files without PSNR (MS-SSIM-only papers) or not in this format are skipped.
     ``names`` keeps only the curves whose key, file stem or JSON "name" matches (case-insensitive),
     in the order given; names matching nothing are left out.
@@ -161,7 +161,10 @@ def load_published(
         try:
             data = json.loads(file.read_text())
             results = data["results"]
-            pairs = [(float(b), float(p)) for b, p in zip(results["bpp"], results["psnr-rgb"], strict=True)]
+            pairs = [
+                (float(b), float(p))
+                for b, p in zip(results["bpp"], results["psnr-rgb"], strict=True)
+            ]
         except (OSError, ValueError, KeyError, TypeError):
             continue
         if not pairs:

@@ -6,16 +6,16 @@ every probability with exactly the computation the decoder will repeat.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from dqcodec.models.config import LevelConfig
 from dqcodec.entropy_models.integer_prior import IntegerCodePrior, IntegerPasses, as_float_logits
 from dqcodec.entropy_models.prior import CodePrior, Pass, checkerboard, code_bits, pass_schedule
 from dqcodec.latent_codecs.quantizer import DepthwiseQuantizer
+from dqcodec.models.config import LevelConfig
 from dqcodec.range_coding import IndexDecoder, IndexEncoder
 
 # chooser(pass, group slice, logits (B,G_s,n,K), rows, positions (h,W) bool, table) -> indices
@@ -32,33 +32,64 @@ LOGIT_BUDGET = 1 << 22  # elements of the (rows, K, d) intermediate per block
 class DQLatentCodec(nn.Module):
     """CompressAI's LatentCodec interface (forward / compress / decompress) for one level."""
 
-    def __init__(self, level: LevelConfig, cond_channels: int, prior_width: int,
-                 rate_weight: float | Tensor, rate_points: int = 1, prior_kernel: int = 1,
-                 prior_blocks: int = 0, prior_free_logits: bool = False):
+    def __init__(
+        self,
+        level: LevelConfig,
+        cond_channels: int,
+        prior_width: int,
+        rate_weight: float | Tensor,
+        rate_points: int = 1,
+        prior_kernel: int = 1,
+        prior_blocks: int = 0,
+        prior_free_logits: bool = False,
+    ):
         super().__init__()
         self.level = level
         self.rate_weight = rate_weight  # a float, or one per sample (B,) while training
         self.quantizer = DepthwiseQuantizer(level.channels, level.groups, level.codebook_size)
-        self.prior = CodePrior(cond_channels, level.channels, level.groups, level.codebook_size,
-                               level.slices, prior_width, rate_points, prior_kernel, prior_blocks,
-                               prior_free_logits)
+        self.prior = CodePrior(
+            cond_channels,
+            level.channels,
+            level.groups,
+            level.codebook_size,
+            level.slices,
+            prior_width,
+            rate_points,
+            prior_kernel,
+            prior_blocks,
+            prior_free_logits,
+        )
 
     def _row_blocks(self, batch: int, height: int, width: int) -> list[slice]:
-        per_row = batch * self.prior.groups_per_slice * width * self.level.codebook_size * self.quantizer.dim
+        per_row = (
+            batch
+            * self.prior.groups_per_slice
+            * width
+            * self.level.codebook_size
+            * self.quantizer.dim
+        )
         rows = max(1, LOGIT_BUDGET // per_row)
         return [slice(r, min(r + rows, height)) for r in range(0, height, rows)]
 
-    def _run_passes(self, cond: Tensor, point: Tensor, choose: Chooser,
-                    straight_through: Tensor | None = None,
-                    integer: tuple[IntegerCodePrior, Tensor] | None = None):
+    def _run_passes(
+        self,
+        cond: Tensor,
+        point: Tensor,
+        choose: Chooser,
+        straight_through: Tensor | None = None,
+        integer: tuple[IntegerCodePrior, Tensor] | None = None,
+    ):
         """Walk the pass schedule; returns y_hat, indices and (when training, i.e. with
         straight_through) the logits each index was coded with. Each pass computes
         logits only at the positions it codes (half of a checkerboard). With `integer`
         (the integer prior and its int8 conditioning) the integer prior makes the
         probabilities; otherwise the float prior does."""
         b, _, h, w = cond.shape
-        model = (IntegerPasses(*integer, self.level.channels) if integer is not None
-                 else FloatPasses(self.prior, cond, point, self.quantizer.codebooks))
+        model = (
+            IntegerPasses(*integer, self.level.channels)
+            if integer is not None
+            else FloatPasses(self.prior, cond, point, self.quantizer.codebooks)
+        )
         anchors = checkerboard(h, w, cond.device)
         y_hat = cond.new_zeros(b, self.level.channels, h, w)
         indices = torch.zeros(b, self.level.groups, h, w, dtype=torch.long, device=cond.device)
@@ -82,7 +113,9 @@ class DQLatentCodec(nn.Module):
                 if straight_through is not None:
                     all_logits.append((groups, rows, mask, logits))
             if straight_through is not None:
-                values = self.quantizer.straight_through(straight_through[:, channels], chosen, groups)
+                values = self.quantizer.straight_through(
+                    straight_through[:, channels], chosen, groups
+                )
             else:
                 values = self.quantizer.lookup(chosen, groups)
             y_hat = y_hat.clone()
@@ -96,9 +129,12 @@ class DQLatentCodec(nn.Module):
         weight = torch.as_tensor(weight, dtype=z.dtype, device=z.device).reshape(-1, 1, 1, 1)
         vectors = self.quantizer.split(z.detach())  # (B, G, H, W, d)
 
-        def choose(p: Pass, groups: slice, logits: Tensor, rows: slice, mask: Tensor,
-                   table: Tensor | None) -> Tensor:
-            return self.quantizer.assign(vectors[:, groups, rows][:, :, mask], groups, logits.detach(), weight)
+        def choose(
+            p: Pass, groups: slice, logits: Tensor, rows: slice, mask: Tensor, table: Tensor | None
+        ) -> Tensor:
+            return self.quantizer.assign(
+                vectors[:, groups, rows][:, :, mask], groups, logits.detach(), weight
+            )
 
         return choose
 
@@ -119,8 +155,9 @@ class DQLatentCodec(nn.Module):
         return bits
 
     def _forward(self, z: Tensor, cond: Tensor, point: Tensor) -> dict:
-        y_hat, indices, all_logits = self._run_passes(cond, point, self._assigner(z),
-                                                      straight_through=z)
+        y_hat, indices, all_logits = self._run_passes(
+            cond, point, self._assigner(z), straight_through=z
+        )
         bits = self._bits(all_logits, indices)
         for g in range(0, self.level.groups, self.prior.groups_per_slice):
             sl = slice(g, g + self.prior.groups_per_slice)
@@ -129,27 +166,38 @@ class DQLatentCodec(nn.Module):
         return {"y_hat": y_hat, "bits": bits, "indices": indices, "commitment": commitment}
 
     @torch.no_grad()
-    def assign(self, z: Tensor, cond: Tensor, point: Tensor, rate_weight: float | None = None) -> dict:
+    def assign(
+        self, z: Tensor, cond: Tensor, point: Tensor, rate_weight: float | None = None
+    ) -> dict:
         """y_hat and indices as the encoder would choose them, without coding them. Under a
         caller's bf16 autocast (only the encoder search uses one) the prior's networks run in
         bf16; the logits and the choices are always fp32."""
-        y_hat, indices, _ = self._run_passes(cond.float(), point, self._assigner(z.float(), rate_weight))
+        y_hat, indices, _ = self._run_passes(
+            cond.float(), point, self._assigner(z.float(), rate_weight)
+        )
         return {"y_hat": y_hat, "indices": indices}
 
-    def assign_straight_through(self, z: Tensor, cond: Tensor, point: Tensor,
-                                rate_weight: float | None = None) -> dict:
+    def assign_straight_through(
+        self, z: Tensor, cond: Tensor, point: Tensor, rate_weight: float | None = None
+    ) -> dict:
         """`assign`'s codes, with the straight-through gradient to z: what encoder-side
         refinement descends (the prior only picks the codes; it gets no gradient)."""
         indices = self.assign(z, cond, point, rate_weight)["indices"]
-        return {"y_hat": self.quantizer.straight_through(z.float(), indices, slice(None)), "indices": indices}
+        return {
+            "y_hat": self.quantizer.straight_through(z.float(), indices, slice(None)),
+            "indices": indices,
+        }
 
-    def information(self, indices: Tensor, cond: Tensor, point: Tensor,
-                    weights: Tensor | None = None) -> Tensor:
+    def information(
+        self, indices: Tensor, cond: Tensor, point: Tensor, weights: Tensor | None = None
+    ) -> Tensor:
         """Total bits the prior gives known indices (B, G, H, W): what coding them costs,
         each position's bits scaled by weights (B, H, W) when given. Differentiable in the
         prior's parameters."""
-        def choose(p: Pass, groups: slice, logits: Tensor, rows: slice, mask: Tensor,
-                   table: Tensor | None) -> Tensor:
+
+        def choose(
+            p: Pass, groups: slice, logits: Tensor, rows: slice, mask: Tensor, table: Tensor | None
+        ) -> Tensor:
             return indices[:, groups, rows][:, :, mask]
 
         y_hat = self.quantizer.lookup(indices).detach()
@@ -157,32 +205,49 @@ class DQLatentCodec(nn.Module):
         return self._bits(all_logits, indices, weights)
 
     @torch.no_grad()
-    def compress(self, z: Tensor, cond: Tensor, point: Tensor, rate_weight: float | None = None,
-                 integer: tuple[IntegerCodePrior, Tensor] | None = None) -> dict:
+    def compress(
+        self,
+        z: Tensor,
+        cond: Tensor,
+        point: Tensor,
+        rate_weight: float | None = None,
+        integer: tuple[IntegerCodePrior, Tensor] | None = None,
+    ) -> dict:
         """rate_weight overrides the trained assignment strength: the decoder does not
         depend on it, so one model serves several rates. integer: code with the integer
         prior (and its int8 conditioning) instead of the float one."""
         encoder = IndexEncoder()
         assign = self._assigner(z, rate_weight)
 
-        def choose(p: Pass, groups: slice, logits: Tensor, rows: slice, mask: Tensor,
-                   table: Tensor | None) -> Tensor:
+        def choose(
+            p: Pass, groups: slice, logits: Tensor, rows: slice, mask: Tensor, table: Tensor | None
+        ) -> Tensor:
             nats = logits if table is None else as_float_logits(logits)
             chosen = assign(p, groups, nats, rows, mask, table)
             encoder.encode(chosen, logits, table)
             return chosen
 
         y_hat, indices, _ = self._run_passes(cond, point, choose, integer=integer)
-        return {"string": encoder.finish(), "y_hat": y_hat, "indices": indices,
-                "information_bits": encoder.information_bits}
+        return {
+            "string": encoder.finish(),
+            "y_hat": y_hat,
+            "indices": indices,
+            "information_bits": encoder.information_bits,
+        }
 
     @torch.no_grad()
-    def decompress(self, string: bytes, cond: Tensor, point: Tensor,
-                   integer: tuple[IntegerCodePrior, Tensor] | None = None) -> dict:
+    def decompress(
+        self,
+        string: bytes,
+        cond: Tensor,
+        point: Tensor,
+        integer: tuple[IntegerCodePrior, Tensor] | None = None,
+    ) -> dict:
         decoder = IndexDecoder(string)
 
-        def choose(p: Pass, groups: slice, logits: Tensor, rows: slice, mask: Tensor,
-                   table: Tensor | None) -> Tensor:
+        def choose(
+            p: Pass, groups: slice, logits: Tensor, rows: slice, mask: Tensor, table: Tensor | None
+        ) -> Tensor:
             return decoder.decode(logits, table)
 
         y_hat, indices, _ = self._run_passes(cond, point, choose, integer=integer)

@@ -50,7 +50,9 @@ class DepthwiseQuantizer(nn.Module):
         b, g, h, w, d = v.shape
         return v.permute(0, 1, 4, 2, 3).reshape(b, g * d, h, w)
 
-    def assign(self, v: Tensor, groups: slice, logits: Tensor | None, rate_weight: Tensor) -> Tensor:
+    def assign(
+        self, v: Tensor, groups: slice, logits: Tensor | None, rate_weight: Tensor
+    ) -> Tensor:
         """Entropy-constrained assignment of group vectors v (B, G', n, d):
         argmin |v - c_k|^2 + rate_weight * bits_k under the prior's logits (B, G', n, K),
         rate_weight broadcast as (B or 1, 1, 1, 1).

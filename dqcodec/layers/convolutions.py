@@ -14,13 +14,21 @@ from torch import Tensor
 
 
 def conv(in_channels: int, out_channels: int, kernel_size: int = 5, stride: int = 2) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
+    return nn.Conv2d(
+        in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2
+    )
 
 
-def deconv(in_channels: int, out_channels: int, kernel_size: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
+def deconv(
+    in_channels: int, out_channels: int, kernel_size: int = 5, stride: int = 2
+) -> nn.ConvTranspose2d:
     return nn.ConvTranspose2d(
-        in_channels, out_channels, kernel_size, stride=stride,
-        padding=kernel_size // 2, output_padding=stride - 1,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=stride,
+        padding=kernel_size // 2,
+        output_padding=stride - 1,
     )
 
 

@@ -53,8 +53,9 @@ def erf64(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     a = np.abs(x)
     t = 1.0 / (1.0 + 0.3275911 * a)
-    poly = ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t
-            + 0.254829592) * t
+    poly = (
+        (((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592
+    ) * t
     return np.sign(x) * (1.0 - poly * exp64(-a * a))
 
 
@@ -74,6 +75,7 @@ def multipliers(ratios: np.ndarray, bits: int = MULTIPLIER_BITS) -> tuple[np.nda
 
 # -- activation formats ------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Format:
     """real = scale * (q - zero), q an integer in [low, high]."""
@@ -84,17 +86,17 @@ class Format:
     high: int = INT8_MAX
 
     @staticmethod
-    def symmetric(max_abs: float, bits: int = 8) -> "Format":
+    def symmetric(max_abs: float, bits: int = 8) -> Format:
         top = (1 << (bits - 1)) - 1
         return Format(max(float(max_abs), 1e-12) / top, 0, -top, top)
 
     @staticmethod
-    def wide(max_abs: float) -> "Format":
+    def wide(max_abs: float) -> Format:
         # one bit of headroom over the calibrated range
         return Format(max(2.0 * float(max_abs), 1e-12) / WIDE_MAX, 0, -WIDE_MAX, WIDE_MAX)
 
     @staticmethod
-    def after_gelu(max_value: float, bits: int = 8) -> "Format":
+    def after_gelu(max_value: float, bits: int = 8) -> Format:
         """GELU's outputs lie in [-0.17, max]: an asymmetric range uses every level."""
         if not 2 <= bits <= 15:
             raise ValueError(f"activations take 2 to 15 bits, not {bits}")
@@ -124,6 +126,7 @@ def apply_table(table: Tensor, wide: Tensor) -> Tensor:
 
 
 # -- integer GEMM and convolution ------------------------------------------------------------
+
 
 def int_matmul(a: Tensor, b: Tensor) -> Tensor:
     """(m, k) int8 @ (k, n) int8 -> (m, n) int32, exactly.
@@ -220,15 +223,23 @@ class IntConv:
         acc = None
         for (plane, offset), fill in zip(planes(x), plane_values(x, zero)):
             if pad:
-                plane = F.pad(plane.permute(0, 3, 1, 2), (pad, pad, pad, pad), value=fill).permute(0, 2, 3, 1)
+                plane = F.pad(plane.permute(0, 3, 1, 2), (pad, pad, pad, pad), value=fill).permute(
+                    0, 2, 3, 1
+                )
             out = []
             for r in range(0, out_h, rows):
                 r_end = min(out_h, r + rows)
                 if self.kernel == 1:
                     cols = plane[:, r:r_end]
                 else:
-                    cols = torch.cat([plane[:, r + dy : r_end + dy, dx : dx + out_w]
-                                      for dy in range(self.kernel) for dx in range(self.kernel)], -1)
+                    cols = torch.cat(
+                        [
+                            plane[:, r + dy : r_end + dy, dx : dx + out_w]
+                            for dy in range(self.kernel)
+                            for dx in range(self.kernel)
+                        ],
+                        -1,
+                    )
                 cols = cols[:, at[r:r_end]] if at is not None else cols
                 block = None
                 for weight, weight_offset in self.weights:
@@ -263,10 +274,18 @@ def quantize_weight(weight: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarr
     return q.reshape(weight.shape), scale
 
 
-def int_conv(weight: np.ndarray, bias: np.ndarray | None, source: Format, in_scale: np.ndarray | None,
-             out_scale: np.ndarray, out_format: Format, bits: int, transposed: bool = False,
-             extra_input: np.ndarray | None = None, limits: tuple[np.ndarray, np.ndarray] | None = None
-             ) -> IntConv:
+def int_conv(
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    source: Format,
+    in_scale: np.ndarray | None,
+    out_scale: np.ndarray,
+    out_format: Format,
+    bits: int,
+    transposed: bool = False,
+    extra_input: np.ndarray | None = None,
+    limits: tuple[np.ndarray, np.ndarray] | None = None,
+) -> IntConv:
     """Build an IntConv from float64 weights (Cout, Cin, k, k), or (Cin, Cout, k, k) for a
     stride-2 transposed convolution, with `bits`-bit weights (at most 15).
 
@@ -289,13 +308,27 @@ def int_conv(weight: np.ndarray, bias: np.ndarray | None, source: Format, in_sca
         steps = np.rint(extra_input / (source.scale * (1.0 if in_scale is None else in_scale)))
         bias_units = bias_units + (flat.astype(np.int64) @ steps.astype(np.int64))
     # |acc + bias| * m must stay inside int64
-    largest = np.abs(flat).sum(1).max() * max(abs(source.low - source.zero), abs(source.high - source.zero))
+    largest = np.abs(flat).sum(1).max() * max(
+        abs(source.low - source.zero), abs(source.high - source.zero)
+    )
     largest = largest + np.abs(bias_units).max()
     m, shift = multipliers(acc_scale / out_scale, 61 - int(np.frexp(largest)[1]))
     weight_t = torch.from_numpy(q.transpose(2, 3, 1, 0).reshape(-1, q.shape[0]).astype(np.int64))
     cout = q.shape[0]
-    low, high = limits if limits is not None else (np.full(cout, out_format.low), np.full(cout, out_format.high))
+    low, high = (
+        limits
+        if limits is not None
+        else (np.full(cout, out_format.low), np.full(cout, out_format.high))
+    )
     as_int64 = lambda v: torch.from_numpy(np.asarray(v).astype(np.int64))  # noqa: E731
-    return IntConv([(d.contiguous(), o) for d, o in weight_digits(weight_t)], as_int64(bias_units),
-                   torch.from_numpy(m), shift, q.shape[-1], as_int64(low), as_int64(high),
-                   as_int64(np.full(cout, out_format.zero)), 2 if transposed else 1)
+    return IntConv(
+        [(d.contiguous(), o) for d, o in weight_digits(weight_t)],
+        as_int64(bias_units),
+        torch.from_numpy(m),
+        shift,
+        q.shape[-1],
+        as_int64(low),
+        as_int64(high),
+        as_int64(np.full(cout, out_format.zero)),
+        2 if transposed else 1,
+    )

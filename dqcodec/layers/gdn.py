@@ -67,7 +67,9 @@ class GDN(nn.Module):
     normaliser is one 1x1 convolution of x², then sqrt/rsqrt and the product are applied in
     place (about 1.5x faster at full resolution)."""
 
-    def __init__(self, channels: int, inverse: bool = False, beta_min: float = 1e-6, gamma_init: float = 0.1):
+    def __init__(
+        self, channels: int, inverse: bool = False, beta_min: float = 1e-6, gamma_init: float = 0.1
+    ):
         super().__init__()
         self.inverse = bool(inverse)
         self.beta_reparam = NonNegative(minimum=beta_min)
@@ -76,7 +78,9 @@ class GDN(nn.Module):
         self.gamma = nn.Parameter(self.gamma_reparam.init(gamma_init * torch.eye(channels)))
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.is_grad_enabled() and (self.training or self.beta.requires_grad or self.gamma.requires_grad):
+        if torch.is_grad_enabled() and (
+            self.training or self.beta.requires_grad or self.gamma.requires_grad
+        ):
             return self._reference(x)
         channels = x.shape[1]
         beta = self.beta_reparam(self.beta)

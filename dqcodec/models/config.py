@@ -61,7 +61,7 @@ class ModelConfig:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelConfig":
+    def from_json(cls, text: str) -> ModelConfig:
         raw = json.loads(text)
         raw["bottom"] = LevelConfig(**raw["bottom"])
         raw["top"] = LevelConfig(**raw["top"])

@@ -7,19 +7,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from dqcodec.models.config import ModelConfig
 from dqcodec.entropy_models.integer_prior import IntegerModel
 from dqcodec.latent_codecs.latent_codec import DQLatentCodec
 from dqcodec.layers import GDN, SubpixelDeconv, conv, deconv
+from dqcodec.models.config import ModelConfig
 from dqcodec.models.tiling import tiled_analysis, tiled_synthesis
 
 
 def analysis(width: int) -> nn.Sequential:
     """Image -> features at stride 16."""
     return nn.Sequential(
-        conv(3, width), GDN(width),
-        conv(width, width), GDN(width),
-        conv(width, width), GDN(width),
+        conv(3, width),
+        GDN(width),
+        conv(width, width),
+        GDN(width),
+        conv(width, width),
+        GDN(width),
         conv(width, width),
     )
 
@@ -27,9 +30,12 @@ def analysis(width: int) -> nn.Sequential:
 def synthesis(in_channels: int, width: int) -> nn.Sequential:
     """Stride-16 latent (+ top-level features) -> image."""
     return nn.Sequential(
-        deconv(in_channels, width), GDN(width, inverse=True),
-        deconv(width, width), GDN(width, inverse=True),
-        deconv(width, width), GDN(width, inverse=True),
+        deconv(in_channels, width),
+        GDN(width, inverse=True),
+        deconv(width, width),
+        GDN(width, inverse=True),
+        deconv(width, width),
+        GDN(width, inverse=True),
         SubpixelDeconv(width, 3),
     )
 
@@ -51,9 +57,16 @@ class DQModel(nn.Module):
             s = config.bottom_stride
             self.skip_a = nn.Conv2d(3, n, s, stride=s)
             self.skip_s = nn.ConvTranspose2d(config.bottom.channels + n, 3, s, stride=s)
-        prior = (config.rate_points, config.prior_kernel, config.prior_blocks, config.prior_free_logits)
+        prior = (
+            config.rate_points,
+            config.prior_kernel,
+            config.prior_blocks,
+            config.prior_free_logits,
+        )
         self.top = DQLatentCodec(config.top, 1, config.prior_width, config.rate_weight, *prior)
-        self.bottom = DQLatentCodec(config.bottom, n, config.prior_width, config.rate_weight, *prior)
+        self.bottom = DQLatentCodec(
+            config.bottom, n, config.prior_width, config.rate_weight, *prior
+        )
         if config.rate_points > 1:
             # Per rate point and channel, the latent is scaled by exp(gain) before it is
             # snapped to the (shared) codebooks and scaled back after: a smaller gain makes
@@ -105,8 +118,9 @@ class DQModel(nn.Module):
     def forward(self, x: Tensor, point: Tensor | int | None = None) -> dict:
         """point: rate point of each sample (B,) or of all; default the highest."""
         point = self._points(x.shape[0], point, x.device)
-        x_hat, levels = self._decoded(self.analyse(x), point,
-                                      lambda level, latent, cond, above: level(latent, cond, point))
+        x_hat, levels = self._decoded(
+            self.analyse(x), point, lambda level, latent, cond, above: level(latent, cond, point)
+        )
         top, bottom = levels["top"], levels["bottom"]
         return {
             "x_hat": x_hat,
@@ -115,14 +129,20 @@ class DQModel(nn.Module):
             "latents": {name: latent.detach() for name, latent in levels["latents"].items()},
         }
 
-    def reconstruct_assigned(self, features: Tensor, point: Tensor | int,
-                             rate_weight: float | None = None) -> Tensor:
+    def reconstruct_assigned(
+        self, features: Tensor, point: Tensor | int, rate_weight: float | None = None
+    ) -> Tensor:
         """The image the encoder's codes for `features` decode to (unclamped), differentiable
         in the features through the straight-through estimate: what encoder-side refinement
         descends. Untiled: callers bound the size."""
         point = self._points(features.shape[0], point, features.device)
-        x_hat, _ = self._decoded(features, point, lambda level, latent, cond, above:
-                                 level.assign_straight_through(latent, cond, point, rate_weight))
+        x_hat, _ = self._decoded(
+            features,
+            point,
+            lambda level, latent, cond, above: level.assign_straight_through(
+                latent, cond, point, rate_weight
+            ),
+        )
         return x_hat
 
     def _decoded(self, features: Tensor, point: Tensor, code) -> tuple[Tensor, dict]:
@@ -138,8 +158,12 @@ class DQModel(nn.Module):
         top = code(self.top, t, self._unconditioned(t), None)
         cond = self.condition_from_top(top["y_hat"], point)
         z = self._scaled(self.bottom_a(torch.cat([features, cond], 1)), self._gain("bottom", point))
-        return {"top": top, "bottom": code(self.bottom, z, cond, top), "cond": cond,
-                "latents": {"top": t, "bottom": z}}
+        return {
+            "top": top,
+            "bottom": code(self.bottom, z, cond, top),
+            "cond": cond,
+            "latents": {"top": t, "bottom": z},
+        }
 
     @torch.no_grad()
     def analyse_image(self, x: Tensor) -> Tensor:
@@ -148,15 +172,30 @@ class DQModel(nn.Module):
         return tiled_analysis(self.analyse, x, stride=self.config.bottom_stride)
 
     @torch.no_grad()
-    def compress(self, x: Tensor, rate_weight: float | None = None, point: int | None = None,
-                 features: Tensor | None = None, integer: IntegerModel | None = None) -> dict:
+    def compress(
+        self,
+        x: Tensor,
+        rate_weight: float | None = None,
+        point: int | None = None,
+        features: Tensor | None = None,
+        integer: IntegerModel | None = None,
+    ) -> dict:
         """features: `analyse_image(x)` when the caller already has it (refined, say);
         integer: the integer prior of `point` that makes the probabilities (None: the float
         prior, format version 1)."""
         point = self._points(1, point, x.device)
         h = self.analyse_image(x) if features is None else features
-        levels = self._through_levels(h, point, lambda level, latent, cond, above: level.compress(
-            latent, cond, point, rate_weight, _integer_level(integer, level is self.top, latent, above)))
+        levels = self._through_levels(
+            h,
+            point,
+            lambda level, latent, cond, above: level.compress(
+                latent,
+                cond,
+                point,
+                rate_weight,
+                _integer_level(integer, level is self.top, latent, above),
+            ),
+        )
         top, bottom = levels["top"], levels["bottom"]
         return {
             "strings": [top["string"], bottom["string"]],
@@ -171,24 +210,39 @@ class DQModel(nn.Module):
         (shared by all points), without range coding: top and bottom indices (1, G, h, w)
         and the bottom level's conditioning features (1, N, h, w)."""
         point = self._points(1, point, features.device)
-        levels = self._through_levels(features, point, lambda level, latent, cond, above:
-                                      level.assign(latent, cond, point))
-        return {"top": levels["top"]["indices"], "bottom": levels["bottom"]["indices"],
-                "cond": levels["cond"]}
+        levels = self._through_levels(
+            features, point, lambda level, latent, cond, above: level.assign(latent, cond, point)
+        )
+        return {
+            "top": levels["top"]["indices"],
+            "bottom": levels["bottom"]["indices"],
+            "cond": levels["cond"],
+        }
 
     @torch.no_grad()
-    def decompress(self, strings: list[bytes], shape: tuple[int, int], point: int | None = None,
-                   integer: IntegerModel | None = None) -> dict:
+    def decompress(
+        self,
+        strings: list[bytes],
+        shape: tuple[int, int],
+        point: int | None = None,
+        integer: IntegerModel | None = None,
+    ) -> dict:
         point = self._points(1, point, None)
         ones = torch.ones(1, 1, *shape)
-        top = self.top.decompress(strings[0], ones, point, _integer_level(integer, True, ones, None))
+        top = self.top.decompress(
+            strings[0], ones, point, _integer_level(integer, True, ones, None)
+        )
         cond = self.condition_from_top(top["y_hat"], point)
-        bottom = self.bottom.decompress(strings[1], cond, point, _integer_level(integer, False, cond, top))
+        bottom = self.bottom.decompress(
+            strings[1], cond, point, _integer_level(integer, False, cond, top)
+        )
         y = torch.cat([self._unscaled(bottom["y_hat"], self._gain("bottom", point)), cond], 1)
         y = y.contiguous(memory_format=torch.channels_last)
         x_hat = tiled_synthesis(self.synthesise, y, stride=self.config.bottom_stride)
-        return {"x_hat": x_hat.clamp_(0, 1),
-                "indices": {"top": top["indices"], "bottom": bottom["indices"]}}
+        return {
+            "x_hat": x_hat.clamp_(0, 1),
+            "indices": {"top": top["indices"], "bottom": bottom["indices"]},
+        }
 
 
 def _integer_level(integer: IntegerModel | None, top: bool, latent: Tensor, above: dict | None):

@@ -29,8 +29,8 @@ from torch import Tensor
 from dqcodec.errors import DQError
 from dqcodec.hardware import bf16_supported
 from dqcodec.models.dq import DQModel
-from dqcodec.options import DEFAULT_EFFORT, EFFORT_LEVELS  # noqa: F401  (DEFAULT_EFFORT re-exported)
 from dqcodec.models.tiling import tile_spans
+from dqcodec.options import DEFAULT_EFFORT, EFFORT_LEVELS  # noqa: F401  (DEFAULT_EFFORT re-exported)
 
 
 class Search(NamedTuple):
@@ -56,9 +56,15 @@ def search_for(effort: int) -> Search:
     return EFFORTS[effort]
 
 
-def encoder_features(model: DQModel, x: Tensor, point: int, effort: int,
-                     rate_weight: float | None = None, size: tuple[int, int] | None = None,
-                     step_scale: float = 1.0) -> Tensor:
+def encoder_features(
+    model: DQModel,
+    x: Tensor,
+    point: int,
+    effort: int,
+    rate_weight: float | None = None,
+    size: tuple[int, int] | None = None,
+    step_scale: float = 1.0,
+) -> Tensor:
     """The features `model.compress` codes for the padded image x at this effort; a quality
     level may scale the effort's step size (`search_scale` in models/zoo.json)."""
     search = search_for(effort)
@@ -70,9 +76,17 @@ def encoder_features(model: DQModel, x: Tensor, point: int, effort: int,
     return refine_features(model, x, features, point, scaled, rate_weight, size)
 
 
-def refine_features(model: DQModel, x: Tensor, features: Tensor, point: int, search: Search,
-                    rate_weight: float | None = None, size: tuple[int, int] | None = None,
-                    window: int = WINDOW, margin: int = MARGIN) -> Tensor:
+def refine_features(
+    model: DQModel,
+    x: Tensor,
+    features: Tensor,
+    point: int,
+    search: Search,
+    rate_weight: float | None = None,
+    size: tuple[int, int] | None = None,
+    window: int = WINDOW,
+    margin: int = MARGIN,
+) -> Tensor:
     """Refined copy of `features` (1, N, h, w) = model.analyse_image(x) for the padded
     image x (1, 3, 16h, 16w); `size` (height, width) is the image before padding, the
     only pixels the distortion counts. Large images are refined window by window, each
@@ -82,28 +96,39 @@ def refine_features(model: DQModel, x: Tensor, features: Tensor, point: int, sea
     height, width = size if size is not None else x.shape[-2:]
     scale = model.config.bottom_stride
     refined = features.clone()
-    for rows, cols in windows(features.shape[-2:], model.config.top_stride // scale, window, margin):
+    for rows, cols in windows(
+        features.shape[-2:], model.config.top_stride // scale, window, margin
+    ):
         (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) = rows, cols
-        target = x[..., r0 * scale:min(height, r1 * scale), c0 * scale:min(width, c1 * scale)]
+        target = x[..., r0 * scale : min(height, r1 * scale), c0 * scale : min(width, c1 * scale)]
         part = _descend(model, target, features[..., r0:r1, c0:c1], point, search, rate_weight)
-        refined[..., cr0:cr1, cc0:cc1] = part[..., cr0 - r0:cr1 - r0, cc0 - c0:cc1 - c0]
+        refined[..., cr0:cr1, cc0:cc1] = part[..., cr0 - r0 : cr1 - r0, cc0 - c0 : cc1 - c0]
     return refined
 
 
 def windows(shape: tuple[int, int], align: int, window: int, margin: int):
     """(row span, column span) pairs as tiling.tile_spans gives them, with every boundary
     on a multiple of `align` features, so each window holds whole top-level positions."""
+
     def spans(length: int):
-        return [tuple(align * v for v in span)
-                for span in tile_spans(length // align, max(1, window // align), -(-margin // align))]
+        return [
+            tuple(align * v for v in span)
+            for span in tile_spans(length // align, max(1, window // align), -(-margin // align))
+        ]
 
     if shape[0] % align or shape[1] % align:
         raise ValueError(f"features {shape} are not a whole number of top-level positions")
     return [(r, c) for r in spans(shape[0]) for c in spans(shape[1])]
 
 
-def _descend(model: DQModel, target: Tensor, start: Tensor, point: int, search: Search,
-             rate_weight: float | None) -> Tensor:
+def _descend(
+    model: DQModel,
+    target: Tensor,
+    start: Tensor,
+    point: int,
+    search: Search,
+    rate_weight: float | None,
+) -> Tensor:
     """Adam on the features of one window; `target` may stop short of the window's padded
     extent at the image's bottom/right border."""
     h = start.detach().clone().requires_grad_(True)

@@ -33,7 +33,7 @@ backpropagate through the stitched output.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch.nn as nn
 from torch import Tensor
@@ -41,10 +41,25 @@ from torch import Tensor
 from dqcodec.layers import GDN
 
 # leaf modules that act on each position alone
-_POINTWISE = (GDN, nn.GELU, nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.SiLU, nn.Sigmoid, nn.Tanh,
-              nn.Identity)
+_POINTWISE = (
+    GDN,
+    nn.GELU,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Identity,
+)
 
-__all__ = ["receptive_radius", "required_overlap", "tile_spans", "tiled_synthesis", "tiled_analysis"]
+__all__ = [
+    "receptive_radius",
+    "required_overlap",
+    "tile_spans",
+    "tiled_synthesis",
+    "tiled_analysis",
+]
 
 
 def receptive_radius(transform: nn.Module) -> float:
@@ -58,7 +73,12 @@ def receptive_radius(transform: nn.Module) -> float:
             continue
         if not isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
             raise ValueError(f"cannot bound the receptive field of {type(layer).__name__}")
-        (k, k2), (s, s2), (p, p2), (d, d2) = layer.kernel_size, layer.stride, layer.padding, layer.dilation
+        (k, k2), (s, s2), (p, p2), (d, d2) = (
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+        )
         if (k, s, p, d) != (k2, s2, p2, d2) or d != 1:
             raise ValueError(f"unsupported layer {layer}")
         reach = max(p, k - 1 - p)
@@ -101,14 +121,16 @@ def tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int, int
     core_start = 0
     for i in range(n):
         core_stop = core_start + base + (1 if i < extra else 0)
-        spans.append((max(0, core_start - overlap), min(length, core_stop + overlap),
-                      core_start, core_stop))
+        spans.append(
+            (max(0, core_start - overlap), min(length, core_stop + overlap), core_start, core_stop)
+        )
         core_start = core_stop
     return spans
 
 
-def tiled_synthesis(g_s: Callable[[Tensor], Tensor], y: Tensor, stride: int = 16, tile: int = 32,
-                    overlap: int = 2) -> Tensor:
+def tiled_synthesis(
+    g_s: Callable[[Tensor], Tensor], y: Tensor, stride: int = 16, tile: int = 32, overlap: int = 2
+) -> Tensor:
     """g_s(y) computed on overlapping latent tiles.
 
     g_s: any callable acting locally (an nn.Module, or DQModel.synthesise); y: (B, C, H, W)
@@ -130,18 +152,25 @@ def tiled_synthesis(g_s: Callable[[Tensor], Tensor], y: Tensor, stride: int = 16
         for c0, c1, cc0, cc1 in cols:
             piece = g_s(y[:, :, r0:r1, c0:c1])
             if piece.shape[-2:] != ((r1 - r0) * stride, (c1 - c0) * stride):
-                raise ValueError(f"g_s maps a {r1 - r0}x{c1 - c0} latent to "
-                                 f"{tuple(piece.shape[-2:])}, not a {stride}x upsampling")
+                raise ValueError(
+                    f"g_s maps a {r1 - r0}x{c1 - c0} latent to "
+                    f"{tuple(piece.shape[-2:])}, not a {stride}x upsampling"
+                )
             if out is None:
                 out = piece.new_empty(piece.shape[0], piece.shape[1], h * stride, w * stride)
-            out[:, :, cr0 * stride:cr1 * stride, cc0 * stride:cc1 * stride] = piece[
-                :, :, (cr0 - r0) * stride:(cr1 - r0) * stride, (cc0 - c0) * stride:(cc1 - c0) * stride]
+            out[:, :, cr0 * stride : cr1 * stride, cc0 * stride : cc1 * stride] = piece[
+                :,
+                :,
+                (cr0 - r0) * stride : (cr1 - r0) * stride,
+                (cc0 - c0) * stride : (cc1 - c0) * stride,
+            ]
             del piece
     return out
 
 
-def tiled_analysis(g_a: Callable[[Tensor], Tensor], x: Tensor, stride: int = 16, tile: int = 512,
-                   overlap: int = 32) -> Tensor:
+def tiled_analysis(
+    g_a: Callable[[Tensor], Tensor], x: Tensor, stride: int = 16, tile: int = 512, overlap: int = 32
+) -> Tensor:
     """g_a(x) computed on overlapping pixel tiles.
 
     g_a: any callable acting locally (an nn.Module, or DQModel.analyse); x: (B, 3, H, W)
@@ -154,8 +183,10 @@ def tiled_analysis(g_a: Callable[[Tensor], Tensor], x: Tensor, stride: int = 16,
     if x.dim() != 4:
         raise ValueError(f"expected a (B, C, H, W) image, got shape {tuple(x.shape)}")
     if tile % stride or overlap % stride or tile <= 0:
-        raise ValueError(f"tile ({tile}) and overlap ({overlap}) must be positive multiples "
-                         f"of the stride ({stride})")
+        raise ValueError(
+            f"tile ({tile}) and overlap ({overlap}) must be positive multiples "
+            f"of the stride ({stride})"
+        )
     h, w = x.shape[-2:]
     lh, lw = -(-h // stride), -(-w // stride)  # latent size
     rows = tile_spans(lh, tile // stride, overlap // stride)
@@ -166,13 +197,15 @@ def tiled_analysis(g_a: Callable[[Tensor], Tensor], x: Tensor, stride: int = 16,
     for r0, r1, cr0, cr1 in rows:
         for c0, c1, cc0, cc1 in cols:
             # pixel span of the tile; the last one ends at the image border, not on the grid
-            patch = x[:, :, r0 * stride:min(h, r1 * stride), c0 * stride:min(w, c1 * stride)]
+            patch = x[:, :, r0 * stride : min(h, r1 * stride), c0 * stride : min(w, c1 * stride)]
             piece = g_a(patch)
             if piece.shape[-2:] != (r1 - r0, c1 - c0):
-                raise ValueError(f"g_a maps a {tuple(patch.shape[-2:])} image tile to "
-                                 f"{tuple(piece.shape[-2:])}, not a 1/{stride} downsampling")
+                raise ValueError(
+                    f"g_a maps a {tuple(patch.shape[-2:])} image tile to "
+                    f"{tuple(piece.shape[-2:])}, not a 1/{stride} downsampling"
+                )
             if out is None:
                 out = piece.new_empty(piece.shape[0], piece.shape[1], lh, lw)
-            out[:, :, cr0:cr1, cc0:cc1] = piece[:, :, cr0 - r0:cr1 - r0, cc0 - c0:cc1 - c0]
+            out[:, :, cr0:cr1, cc0:cc1] = piece[:, :, cr0 - r0 : cr1 - r0, cc0 - c0 : cc1 - c0]
             del piece
     return out

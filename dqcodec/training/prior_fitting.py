@@ -36,12 +36,21 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
-from dqcodec.models.config import ModelConfig
-from dqcodec.evaluation.datasets import list_images
 from dqcodec.errors import DQError
+from dqcodec.evaluation.datasets import list_images
+from dqcodec.models.config import ModelConfig
 from dqcodec.models.dq import DQModel, pad_to_stride
-from dqcodec.training.trainer import (deepened_prior, learning_rate, load_checkpoint, load_rgb, make_optimizer,
-                       save_best, save_checkpoint, set_learning_rate, split_train_val)
+from dqcodec.training.trainer import (
+    deepened_prior,
+    learning_rate,
+    load_checkpoint,
+    load_rgb,
+    make_optimizer,
+    save_best,
+    save_checkpoint,
+    set_learning_rate,
+    split_train_val,
+)
 from dqcodec.zoo import model_id, read_model_file
 
 
@@ -81,28 +90,39 @@ def photo_codes(model: DQModel, path: Path) -> PhotoCodes:
     # one point at a time, as the encoder assigns them (a batch of all points was about 2x
     # slower on photos of 2 megapixels)
     codes = [model.assign_codes(features, p) for p in range(model.config.rate_points)]
-    return PhotoCodes(torch.cat([c["cond"] for c in codes]).half(),
-                      torch.cat([c["bottom"] for c in codes]).to(torch.uint8),
-                      torch.cat([c["top"] for c in codes]).to(torch.uint8))
+    return PhotoCodes(
+        torch.cat([c["cond"] for c in codes]).half(),
+        torch.cat([c["bottom"] for c in codes]).to(torch.uint8),
+        torch.cat([c["top"] for c in codes]).to(torch.uint8),
+    )
 
 
-def information(model: DQModel, cond: Tensor, bottom: Tensor, top: Tensor, points: Tensor) -> Tensor:
+def information(
+    model: DQModel, cond: Tensor, bottom: Tensor, top: Tensor, points: Tensor
+) -> Tensor:
     """Bits of both levels' indices under the model's priors (teacher forced)."""
     ones = torch.ones(top.shape[0], 1, *top.shape[-2:], device=cond.device)
-    return (model.bottom.information(bottom.long(), cond.float(), points)
-            + model.top.information(top.long(), ones, points))
+    return model.bottom.information(bottom.long(), cond.float(), points) + model.top.information(
+        top.long(), ones, points
+    )
 
 
 @torch.no_grad()
 def validation_bpp(model: DQModel, photos: list[PhotoCodes]) -> list[float]:
     """Bits per (padded) pixel of each rate point over whole held-out photos."""
     model.eval()
-    pixels = sum(c.bottom.shape[-1] * c.bottom.shape[-2] for c in photos) * model.config.bottom_stride**2
+    pixels = (
+        sum(c.bottom.shape[-1] * c.bottom.shape[-2] for c in photos) * model.config.bottom_stride**2
+    )
     per_point = []
     for p in range(model.config.rate_points):
         point = torch.tensor([p])
-        bits = sum(float(information(model, c.cond[p:p + 1], c.bottom[p:p + 1], c.top[p:p + 1], point))
-                   for c in photos)
+        bits = sum(
+            float(
+                information(model, c.cond[p : p + 1], c.bottom[p : p + 1], c.top[p : p + 1], point)
+            )
+            for c in photos
+        )
         per_point.append(bits / pixels)
     return per_point
 
@@ -121,16 +141,17 @@ def window_weights(h: int, w: int, y: int, x: int, s: int, margin: int) -> Tenso
     if y > 0:
         weights[:margin] = 0
     if y + s < h:
-        weights[s - margin:] = 0
+        weights[s - margin :] = 0
     if x > 0:
         weights[:, :margin] = 0
     if x + s < w:
-        weights[:, s - margin:] = 0
+        weights[:, s - margin :] = 0
     return weights
 
 
-def random_windows(photos: list[PhotoCodes], opts: PriorFitOptions, points: int, margin: int,
-                   rng: random.Random) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def random_windows(
+    photos: list[PhotoCodes], opts: PriorFitOptions, points: int, margin: int, rng: random.Random
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Bottom-level windows at random rate points: conditioning, indices, points and the
     positions' weights in the loss. Offsets are multiples of 4, where the top level's
     positions start."""
@@ -139,12 +160,21 @@ def random_windows(photos: list[PhotoCodes], opts: PriorFitOptions, points: int,
     while len(chosen) < opts.batch:
         c = photos[rng.randrange(len(photos))]
         h, w = c.bottom.shape[-2:]
-        p, y, x = rng.randrange(points), rng.randrange(0, h - s + 1, 4), rng.randrange(0, w - s + 1, 4)
-        cond.append(c.cond[p, :, y:y + s, x:x + s])
-        bottom.append(c.bottom[p, :, y:y + s, x:x + s])
+        p, y, x = (
+            rng.randrange(points),
+            rng.randrange(0, h - s + 1, 4),
+            rng.randrange(0, w - s + 1, 4),
+        )
+        cond.append(c.cond[p, :, y : y + s, x : x + s])
+        bottom.append(c.bottom[p, :, y : y + s, x : x + s])
         chosen.append(p)
         weights.append(window_weights(h, w, y, x, s, margin))
-    return torch.stack(cond).float(), torch.stack(bottom).long(), torch.tensor(chosen), torch.stack(weights)
+    return (
+        torch.stack(cond).float(),
+        torch.stack(bottom).long(),
+        torch.tensor(chosen),
+        torch.stack(weights),
+    )
 
 
 def prior_model(start: DQModel, opts: PriorFitOptions) -> DQModel:
@@ -154,7 +184,9 @@ def prior_model(start: DQModel, opts: PriorFitOptions) -> DQModel:
     model = deepened_prior(start, opts.kernel, opts.blocks, opts.free_logits)
     margin = context_radius(model.config)
     if opts.window <= 2 * margin:
-        raise DQError(f"the window ({opts.window}) must be wider than twice the prior's view ({margin})")
+        raise DQError(
+            f"the window ({opts.window}) must be wider than twice the prior's view ({margin})"
+        )
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name.startswith("bottom.prior."))
     return model
@@ -168,20 +200,27 @@ def cache_codes(model: DQModel, paths: list[Path], desc: str) -> list[PhotoCodes
 def _codes_key(model: DQModel, train: list[Path], val: list[Path]) -> dict[str, str]:
     """What the codes depend on: the weights that assigned them and the photos (by name and
     size, in order)."""
+
     def listing(paths):
         return json.dumps([[p.name, p.stat().st_size] for p in paths])
+
     return {"model_id": model_id(model).hex(), "train": listing(train), "val": listing(val)}
 
 
 _CODE_FIELDS = ("cond", "bottom", "top")  # PhotoCodes' tensors, in order
 
 
-def save_codes(path: Path, key: dict[str, str], train: list[PhotoCodes], val: list[PhotoCodes]) -> None:
+def save_codes(
+    path: Path, key: dict[str, str], train: list[PhotoCodes], val: list[PhotoCodes]
+) -> None:
     """Written beside `path` and renamed into place, so an interrupted write leaves no
     half-written codes file."""
-    tensors = {f"{split}.{i}.{field}": getattr(c, field)
-               for split, codes in (("train", train), ("val", val))
-               for i, c in enumerate(codes) for field in _CODE_FIELDS}
+    tensors = {
+        f"{split}.{i}.{field}": getattr(c, field)
+        for split, codes in (("train", train), ("val", val))
+        for i, c in enumerate(codes)
+        for field in _CODE_FIELDS
+    }
     partial = path.with_name(path.name + ".part")
     try:
         save_file(tensors, str(partial), metadata=key)
@@ -202,17 +241,24 @@ def load_codes(path: Path, key: dict[str, str]) -> tuple[list[PhotoCodes], list[
 
     def split(name: str) -> list[PhotoCodes]:
         count = len(json.loads(key[name]))
-        return [PhotoCodes(*(tensors[f"{name}.{i}.{field}"] for field in _CODE_FIELDS))
-                for i in range(count)]
+        return [
+            PhotoCodes(*(tensors[f"{name}.{i}.{field}"] for field in _CODE_FIELDS))
+            for i in range(count)
+        ]
+
     return split("train"), split("val")
 
 
-def all_codes(model: DQModel, train: list[Path], val: list[Path], codes_file: Path | None,
-              log=print) -> tuple[list[PhotoCodes], list[PhotoCodes]]:
+def all_codes(
+    model: DQModel, train: list[Path], val: list[Path], codes_file: Path | None, log=print
+) -> tuple[list[PhotoCodes], list[PhotoCodes]]:
     """Every photo's codes under `model`, read from `codes_file` when it holds them, else
     assigned (and saved there)."""
+
     def assigned():
-        return cache_codes(model, train, "caching codes"), cache_codes(model, val, "caching held-out codes")
+        return cache_codes(model, train, "caching codes"), cache_codes(
+            model, val, "caching held-out codes"
+        )
 
     if codes_file is None:
         return assigned()
@@ -281,8 +327,10 @@ def fit_prior(opts: PriorFitOptions, resume: bool = False, log=print) -> Path | 
         if step % opts.val_every == 0 or step == opts.steps:
             val = validation_bpp(model, val_codes)
             change = " ".join(f"{100 * (b / a - 1):+.2f}%" for a, b in zip(start, val))
-            log(f"step {step}: held-out bpp {' '.join(f'{b:.4f}' for b in val)} ({change}; "
-                f"{(time.time() - t0) / 60:.1f} min for {step - first} steps)")
+            log(
+                f"step {step}: held-out bpp {' '.join(f'{b:.4f}' for b in val)} ({change}; "
+                f"{(time.time() - t0) / 60:.1f} min for {step - first} steps)"
+            )
             score = sum(math.log(b) for b in val)
             if score < best:
                 best = score

@@ -18,10 +18,10 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from dqcodec.models.config import ModelConfig
-from dqcodec.evaluation.datasets import list_images
 from dqcodec.errors import DQError
+from dqcodec.evaluation.datasets import list_images
 from dqcodec.hardware import bf16_supported
+from dqcodec.models.config import ModelConfig
 from dqcodec.models.dq import DQModel
 from dqcodec.zoo import read_model_file
 
@@ -57,7 +57,9 @@ class TrainOptions:
     init_lmbda: float | None = None  # retarget an initialised model to another trade-off
     init_rate_weight: float | None = None  # ... and to another assignment strength
     init_lambdas: tuple[float, ...] | None = None  # ... or make it a variable-rate model
-    init_point: int | None = None  # start a single-rate model from this point of a variable-rate `init`
+    init_point: int | None = (
+        None  # start a single-rate model from this point of a variable-rate `init`
+    )
     device: str = "auto"  # auto: CUDA when available (one GPU per process), else CPU
     # the transforms' arithmetic: auto takes bf16 where the hardware has it (2.2x faster
     # training steps on this machine's AVX512-BF16 CPU); the prior always runs in fp32
@@ -70,7 +72,7 @@ class TrainOptions:
 
 
 def parse_stages(text: str) -> tuple[Stage, ...]:
-    """"64x24:0.2,128x8:0.45" -> crop 64 px, batch 24 for 20% of the steps, then ..."""
+    """ "64x24:0.2,128x8:0.45" -> crop 64 px, batch 24 for 20% of the steps, then ..."""
     stages = []
     for part in text.split(","):
         try:
@@ -78,14 +80,18 @@ def parse_stages(text: str) -> tuple[Stage, ...]:
             crop, batch = size.lower().split("x")
             stages.append(Stage(int(crop), int(batch), float(fraction)))
         except ValueError:
-            raise DQError(f"bad stage {part!r}: expected CROPxBATCH:FRACTION, e.g. 128x8:0.5") from None
+            raise DQError(
+                f"bad stage {part!r}: expected CROPxBATCH:FRACTION, e.g. 128x8:0.5"
+            ) from None
     if any(s.crop < 64 or s.crop % 64 or s.batch < 1 or not s.fraction > 0 for s in stages):
-        raise DQError("stages need crops that are positive multiples of 64, batch >= 1 and fraction > 0")
+        raise DQError(
+            "stages need crops that are positive multiples of 64, batch >= 1 and fraction > 0"
+        )
     return tuple(stages)
 
 
 def parse_lambdas(text: str) -> tuple[float, ...]:
-    """"0.0005,0.005,0.05" -> the rate points of a variable-rate model, lowest rate first."""
+    """ "0.0005,0.005,0.05" -> the rate points of a variable-rate model, lowest rate first."""
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
@@ -214,18 +220,30 @@ def validation_score(results: list[dict]) -> float:
     return float(sum(math.log(rd_cost(r["lmbda"], r["psnr"], r["bpp"])) for r in results))
 
 
-def save_checkpoint(path: Path, model: DQModel, optimizer, step: int, best: float | None,
-                    schedule_steps: int) -> None:
+def save_checkpoint(
+    path: Path, model: DQModel, optimizer, step: int, best: float | None, schedule_steps: int
+) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "schedule_steps": schedule_steps, "config": model.config.to_json(), "best_val": best}, tmp)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "schedule_steps": schedule_steps,
+            "config": model.config.to_json(),
+            "best_val": best,
+        },
+        tmp,
+    )
     os.replace(tmp, path)
 
 
 def save_best(path: Path, model: DQModel, step: int, val: list[dict]) -> None:
     """The weights a run's validation liked best, without optimizer state (what `export` reads)."""
-    torch.save({"model": model.state_dict(), "config": model.config.to_json(), "step": step, "val": val},
-               path)
+    torch.save(
+        {"model": model.state_dict(), "config": model.config.to_json(), "step": step, "val": val},
+        path,
+    )
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -285,7 +303,11 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
         step, best = state["step"], state["best_val"]
         log(f"resumed from {ckpt_path} at step {step}")
     ddp_devices = [device.index] if device.type == "cuda" else None
-    wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=ddp_devices) if world > 1 else model
+    wrapped = (
+        torch.nn.parallel.DistributedDataParallel(model, device_ids=ddp_devices)
+        if world > 1
+        else model
+    )
     if world > 1 and rank == 0:
         log(f"distributed data parallel: {world} processes ({dist.get_backend()})")
     if device.type == "cuda" and rank == 0:
@@ -301,9 +323,14 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
     if opts.minutes is not None and state and "schedule_steps" in state:
         opts = dataclasses.replace(opts, steps=state["schedule_steps"])
         if rank == 0:
-            log(f"continuing the schedule of {opts.steps} steps that --minutes {opts.minutes:g} sized")
+            log(
+                f"continuing the schedule of {opts.steps} steps "
+                f"that --minutes {opts.minutes:g} sized"
+            )
     elif opts.minutes is not None:
-        opts = dataclasses.replace(opts, steps=step + budgeted_steps(model, opts, device, bf16, world))
+        opts = dataclasses.replace(
+            opts, steps=step + budgeted_steps(model, opts, device, bf16, world)
+        )
         if rank == 0:
             log(f"{opts.minutes:g} minutes: {opts.steps - step} steps")
     ramp_share = opts.rate_weight_ramp
@@ -311,8 +338,10 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
         ramp_share = 0.02 if opts.init is not None else 0.3
     ramp_steps = ramp_share * opts.steps
     if rank == 0:
-        log(f"assignment strength grows to {config.rate_weight:g} over the first "
-            f"{round(ramp_steps)} of {opts.steps} steps")
+        log(
+            f"assignment strength grows to {config.rate_weight:g} over the first "
+            f"{round(ramp_steps)} of {opts.steps} steps"
+        )
     lambdas = torch.tensor(config.point_lambdas(), device=device)
     point_rng = torch.Generator().manual_seed(opts.seed * 1000 + rank * 7919 + step)
     bar = tqdm(total=opts.steps, initial=step, disable=rank != 0, dynamic_ncols=True)
@@ -331,24 +360,36 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
             restart_dead_codes(model, out["latents"], world)
         bar.update(1)
         if step % 10 == 0:  # reading the loss waits for the device: not every step
-            bar.set_postfix(loss=f"{r['loss'].item():.3f}", bpp=f"{r['bpp'].item():.3f}",
-                            psnr=f"{r['psnr'].item():.2f}", crop=stage.crop)
+            bar.set_postfix(
+                loss=f"{r['loss'].item():.3f}",
+                bpp=f"{r['bpp'].item():.3f}",
+                psnr=f"{r['psnr'].item():.2f}",
+                crop=stage.crop,
+            )
         if rank == 0 and (step % opts.val_every == 0 or step == opts.steps) and val_images:
             v = validate(model, val_images)
             score = validation_score(v)
             summary = " | ".join(f"bpp {p['bpp']:.4f} psnr {p['psnr']:.2f}" for p in v)
-            log(f"step {step}: val {summary} "
-                f"({(time.time() - t0) / 60:.1f} min for {step - start_step} steps)")
+            log(
+                f"step {step}: val {summary} "
+                f"({(time.time() - t0) / 60:.1f} min for {step - start_step} steps)"
+            )
             if best is None or score < best:
                 best = score
                 save_best(opts.out / "best.pt", model, step, v)
-        stopping = step < opts.steps and step % 10 == 0 and time_is_up(started, opts.stop_after, world, device)
+        stopping = (
+            step < opts.steps
+            and step % 10 == 0
+            and time_is_up(started, opts.stop_after, world, device)
+        )
         if rank == 0 and (step % opts.checkpoint_every == 0 or step == opts.steps or stopping):
             save_checkpoint(ckpt_path, model, optimizer, step, best, opts.steps)
         if stopping:
             if rank == 0:
-                log(f"stopped after {opts.stop_after:g} minutes at step {step} of {opts.steps}: "
-                    f"continue with --resume")
+                log(
+                    f"stopped after {opts.stop_after:g} minutes at step {step} of {opts.steps}: "
+                    f"continue with --resume"
+                )
             break
     bar.close()
     best_path = opts.out / "best.pt"
@@ -374,8 +415,11 @@ def starting_model(opts: TrainOptions, state: dict | None, log) -> DQModel:
         return DQModel(ModelConfig.from_json(state["config"]))
     if opts.init is not None:
         model = initialised_model(opts)
-        log(f"initialised from {opts.init} (lambda {', '.join(map(str, model.config.point_lambdas()))}, "
-            f"assignment strength {model.config.rate_weight})")
+        log(
+            f"initialised from {opts.init} "
+            f"(lambda {', '.join(map(str, model.config.point_lambdas()))}, "
+            f"assignment strength {model.config.rate_weight})"
+        )
         return model
     return DQModel(opts.config)
 
@@ -389,8 +433,9 @@ def restart_dead_codes(model: DQModel, latents: dict, world: int) -> None:
             dist.broadcast(quantizer.usage, 0)
 
 
-def train_step(model, optimizer, x: Tensor, points: Tensor, lambdas: Tensor, commitment: float,
-               bf16: bool) -> tuple[dict, dict]:
+def train_step(
+    model, optimizer, x: Tensor, points: Tensor, lambdas: Tensor, commitment: float, bf16: bool
+) -> tuple[dict, dict]:
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         out = model(x, points)
     r = rd_loss(out, x, lambdas[points], commitment)
@@ -401,8 +446,14 @@ def train_step(model, optimizer, x: Tensor, points: Tensor, lambdas: Tensor, com
     return out, r
 
 
-def seconds_per_step(model: DQModel, stage: Stage, opts: TrainOptions, device: torch.device,
-                     bf16: bool, repeats: int = 5) -> float:
+def seconds_per_step(
+    model: DQModel,
+    stage: Stage,
+    opts: TrainOptions,
+    device: torch.device,
+    bf16: bool,
+    repeats: int = 5,
+) -> float:
     """Time of one training step at a stage's crop and batch, on a throwaway copy of the model."""
     probe = copy.deepcopy(model).train()
     optimizer = make_optimizer(probe, opts.lr)
@@ -423,16 +474,21 @@ def seconds_per_step(model: DQModel, stage: Stage, opts: TrainOptions, device: t
     return (time.perf_counter() - start) / repeats
 
 
-def steps_within(seconds: float, model: DQModel, opts: TrainOptions, device: torch.device,
-                 bf16: bool) -> int:
+def steps_within(
+    seconds: float, model: DQModel, opts: TrainOptions, device: torch.device, bf16: bool
+) -> int:
     """How many steps of the stage schedule fit in `seconds` (5% kept for validation and
     checkpoints)."""
     total = sum(s.fraction for s in opts.stages)
-    per_step = sum(s.fraction / total * seconds_per_step(model, s, opts, device, bf16) for s in opts.stages)
+    per_step = sum(
+        s.fraction / total * seconds_per_step(model, s, opts, device, bf16) for s in opts.stages
+    )
     return max(1, int(0.95 * seconds / per_step))
 
 
-def budgeted_steps(model: DQModel, opts: TrainOptions, device: torch.device, bf16: bool, world: int) -> int:
+def budgeted_steps(
+    model: DQModel, opts: TrainOptions, device: torch.device, bf16: bool, world: int
+) -> int:
     """The steps that fit in `opts.minutes`; under DDP every replica takes rank 0's count."""
     steps = steps_within(opts.minutes * 60, model, opts, device, bf16)
     if world > 1:
@@ -482,14 +538,20 @@ def single_rate_model(model: DQModel, point: int) -> DQModel:
     if not 0 <= point < config.rate_points:
         raise DQError(f"--init-point must be 0..{config.rate_points - 1}")
     single = DQModel(dataclasses.replace(config, lambdas=(), lmbda=config.lambdas[point]))
-    state = {k: v for k, v in model.state_dict().items() if "gain" not in k and "point_embedding" not in k}
+    state = {
+        k: v
+        for k, v in model.state_dict().items()
+        if "gain" not in k and "point_embedding" not in k
+    }
     for level in ("top", "bottom"):
         state[f"{level}.prior.code_bias"] = state[f"{level}.prior.code_bias"][point]
     single.load_state_dict(state)
     # where DQModel applies the gains: after the latent's last encoder layer, before the
     # first layer that reads the decoded latent
-    for level, encode, decode in (("top", single.top_a[-1], single.top_s[0]),
-                                  ("bottom", single.bottom_a, single.g_s[0])):
+    for level, encode, decode in (
+        ("top", single.top_a[-1], single.top_s[0]),
+        ("bottom", single.bottom_a, single.g_s[0]),
+    ):
         gain = getattr(model, f"{level}_gain")[point].exp()
         encode.weight.mul_(gain[:, None, None, None])
         encode.bias.mul_(gain)
@@ -497,7 +559,10 @@ def single_rate_model(model: DQModel, point: int) -> DQModel:
         embedding = getattr(model, level).prior.point_embedding[point]
         for projection in getattr(single, level).prior.cond_proj:
             projection.bias.add_(projection.weight[:, :, 0, 0] @ embedding)
-    single.top.rate_weight, single.bottom.rate_weight = model.top.rate_weight, model.bottom.rate_weight
+    single.top.rate_weight, single.bottom.rate_weight = (
+        model.top.rate_weight,
+        model.bottom.rate_weight,
+    )
     return single.train(model.training)
 
 
@@ -506,13 +571,22 @@ def deepened_prior(model: DQModel, kernel: int, blocks: int, free_logits: bool =
     that starts out computing exactly the old prior: old 1x1 weights sit at the centre of
     the wider kernels, and each new residual block's and free-logit head's last layer is zero."""
     old = model.config
-    if (kernel < old.prior_kernel or kernel % 2 == 0 or blocks < old.prior_blocks
-            or old.prior_free_logits > free_logits):
-        raise DQError(f"the prior can only grow: it has kernel {old.prior_kernel}, "
-                      f"{old.prior_blocks} blocks and free logits {old.prior_free_logits}; "
-                      "the kernel must be odd")
-    deeper = DQModel(dataclasses.replace(old, prior_kernel=kernel, prior_blocks=blocks,
-                                         prior_free_logits=free_logits))
+    if (
+        kernel < old.prior_kernel
+        or kernel % 2 == 0
+        or blocks < old.prior_blocks
+        or old.prior_free_logits > free_logits
+    ):
+        raise DQError(
+            f"the prior can only grow: it has kernel {old.prior_kernel}, "
+            f"{old.prior_blocks} blocks and free logits {old.prior_free_logits}; "
+            "the kernel must be odd"
+        )
+    deeper = DQModel(
+        dataclasses.replace(
+            old, prior_kernel=kernel, prior_blocks=blocks, prior_free_logits=free_logits
+        )
+    )
     state = deeper.state_dict()
     for key, value in state.items():
         if (".blocks." in key and key.rsplit(".", 2)[-2] == "3") or ".free." in key:
@@ -524,7 +598,10 @@ def deepened_prior(model: DQModel, kernel: int, blocks: int, free_logits: bool =
             pad = (kernel - old.prior_kernel) // 2
             state[key] = torch.nn.functional.pad(value, (pad, pad, pad, pad))
     deeper.load_state_dict(state)
-    deeper.top.rate_weight, deeper.bottom.rate_weight = model.top.rate_weight, model.bottom.rate_weight
+    deeper.top.rate_weight, deeper.bottom.rate_weight = (
+        model.top.rate_weight,
+        model.bottom.rate_weight,
+    )
     return deeper.train(model.training)
 
 

@@ -1,0 +1,45 @@
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dqcodec import runtime
+from dqcodec.errors import DQError
+
+
+def test_threads_follow_the_idle_cores(monkeypatch):
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(runtime, "available_cores", lambda: 4)
+    for others, expected in ((0, 4), (4, 4), (5, 3), (7, 1), (30, 1)):
+        monkeypatch.setattr(runtime, "_other_runnable_threads_now", lambda n=others: n)
+        assert runtime.idle_cores() == expected
+
+
+def test_a_passing_thread_is_not_counted_as_load(monkeypatch):
+    samples = iter([3, 0, 2])
+    monkeypatch.setattr(runtime, "_other_runnable_threads_now", lambda: next(samples))
+    assert runtime.other_runnable_threads() == 0
+
+
+def test_explicit_counts_win(monkeypatch):
+    monkeypatch.setattr(runtime, "idle_cores", lambda: 1)
+    monkeypatch.setenv(runtime.THREADS_ENV, "3")
+    assert runtime.thread_count() == 3
+    assert runtime.thread_count(2) == 2
+    monkeypatch.setenv(runtime.THREADS_ENV, "zero")
+    with pytest.raises(DQError, match="positive integer"):
+        runtime.thread_count()
+    monkeypatch.delenv(runtime.THREADS_ENV)
+    assert runtime.thread_count() == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_busy_process_is_seen():
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        assert runtime.other_runnable_threads() >= 1
+    finally:
+        spinner.kill()
+        spinner.wait()
