@@ -565,6 +565,12 @@ def format_comparison(comparison: dict, names: list[str]) -> str:
     help="Arithmetic of the transforms while training; auto: bf16 where the hardware "
     "supports it. The prior always trains in fp32.",
 )
+@click.option(
+    "--balance-points",
+    is_flag=True,
+    help="Variable-rate models: weight each rate point's loss by the inverse of its running "
+    "RD cost, so that the low points are not outweighed by the high ones.",
+)
 @user_errors
 def train(
     data,
@@ -587,6 +593,7 @@ def train(
     resume,
     device,
     precision,
+    balance_points,
 ):
     """Train a model (progressive crop sizes, resumable)."""
     import dataclasses
@@ -640,6 +647,7 @@ def train(
         precision=precision,
         minutes=minutes,
         stop_after=stop_after,
+        balance_points=balance_points,
         stages=parse_stages(stages) if stages else DEFAULT_STAGES,
     )
     kept = run_training(options, resume=resume, log=lambda m: click.echo(m, err=True))

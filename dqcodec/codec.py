@@ -22,7 +22,7 @@ from dqcodec.entropy_models.integer_prior import (
     integer_id,
 )
 from dqcodec.errors import DQError
-from dqcodec.image_io import open_image, split_alpha, to_image, to_tensor
+from dqcodec.image_io import open_image, split_alpha, to_tensor
 from dqcodec.models.dq import DQModel, pad_to_stride
 from dqcodec.models.encoder_search import DEFAULT_EFFORT, encoder_features
 from dqcodec.options import DEFAULT_MAX_PIXELS
@@ -184,23 +184,28 @@ class Codec:
                 f"the limit of {max_pixels} pixels (raise it with --max-pixels)"
             )
         alpha = alpha_plane(dq)
+        # the synthesis writes each tile's 8-bit pixels straight into the image: no
+        # full-size float image is held (docs/performance.md, "Memory of large images")
+        rgb = TileWriter(dq.width, dq.height)
         try:
             if dq.version == 1:
                 with fixed_threads():
-                    out = self.model.decompress([dq.top, dq.bottom], shape, dq.rate_point)
+                    out = self.model.decompress(
+                        [dq.top, dq.bottom], shape, dq.rate_point, write=rgb
+                    )
             else:
                 out = self.model.decompress(
                     [dq.top, dq.bottom],
                     shape,
                     dq.rate_point,
                     integer=self.integer_model(dq.rate_point),
+                    write=rgb,
                 )
         except (ValueError, RuntimeError) as exc:
             raise DQError(f"cannot decode the .dq payload ({exc})") from None
         if index_checksum(out["indices"]["top"], out["indices"]["bottom"]) != dq.index_crc:
             raise DQError("decoding went out of sync with the encoder (index checksum mismatch)")
-        rgb = to_image(out["x_hat"][..., : dq.height, : dq.width])
-        image = rgb.convert("L") if dq.mode in ("L", "LA") else rgb
+        image = rgb.image.convert("L") if dq.mode in ("L", "LA") else rgb.image
         if alpha is not None:
             image = image.convert("RGBA" if dq.mode == "RGBA" else "LA")
             image.putalpha(alpha)
@@ -220,6 +225,25 @@ class Codec:
                 f"corrupt .dq header: rate point {dq.rate_point}, but the model has "
                 f"{self.model.config.rate_points}"
             )
+
+
+class TileWriter:
+    """The `write` of DQModel.decompress for Codec.decode: each synthesis tile (1, 3, h, w),
+    cropped to the image, becomes 8-bit pixels with image_io.to_image's arithmetic (clamp to
+    [0, 1], times 255, round half to even) and is pasted into one RGB image. The tile's
+    floats are overwritten (tiled_synthesis hands over a tile it no longer needs)."""
+
+    def __init__(self, width: int, height: int):
+        self.image = Image.new("RGB", (width, height))
+
+    def __call__(self, core: torch.Tensor, top: int, left: int) -> None:
+        rows = min(core.shape[-2], self.image.height - top)
+        cols = min(core.shape[-1], self.image.width - left)
+        if rows <= 0 or cols <= 0:  # a tile of the padding alone
+            return
+        pixels = core[0, :, :rows, :cols].clamp_(0, 1).mul_(255.0).round_().to(torch.uint8)
+        array = pixels.permute(1, 2, 0).contiguous().numpy()
+        self.image.paste(Image.fromarray(array, "RGB"), (left, top))
 
 
 def alpha_plane(dq: DQFile) -> Image.Image | None:

@@ -145,25 +145,31 @@ class DQLatentCodec(nn.Module):
 
     @staticmethod
     def _bits(all_logits: list, indices: Tensor, weights: Tensor | None = None) -> Tensor:
-        """Total bits; weights (B, H, W), when given, scale each position's bits."""
-        bits = indices.new_zeros((), dtype=torch.float32)
+        """Bits of each sample (B,); weights (B, H, W), when given, scale each position's bits."""
+        bits = indices.new_zeros(indices.shape[0], dtype=torch.float32)
         for groups, rows, mask, logits in all_logits:
             each = code_bits(logits, indices[:, groups, rows][:, :, mask])
             if weights is not None:
                 each = each * weights[:, rows][:, mask][:, None]
-            bits = bits + each.sum()
+            bits = bits + each.flatten(1).sum(1)
         return bits
 
     def _forward(self, z: Tensor, cond: Tensor, point: Tensor) -> dict:
         y_hat, indices, all_logits = self._run_passes(
             cond, point, self._assigner(z), straight_through=z
         )
-        bits = self._bits(all_logits, indices)
+        sample_bits = self._bits(all_logits, indices)
         for g in range(0, self.level.groups, self.prior.groups_per_slice):
             sl = slice(g, g + self.prior.groups_per_slice)
             self.quantizer.track_usage(indices[:, sl], sl)
         commitment = (z - y_hat.detach()).pow(2).mean()
-        return {"y_hat": y_hat, "bits": bits, "indices": indices, "commitment": commitment}
+        return {
+            "y_hat": y_hat,
+            "bits": sample_bits.sum(),
+            "sample_bits": sample_bits,
+            "indices": indices,
+            "commitment": commitment,
+        }
 
     @torch.no_grad()
     def assign(
@@ -202,7 +208,7 @@ class DQLatentCodec(nn.Module):
 
         y_hat = self.quantizer.lookup(indices).detach()
         _, _, all_logits = self._run_passes(cond, point, choose, straight_through=y_hat)
-        return self._bits(all_logits, indices, weights)
+        return self._bits(all_logits, indices, weights).sum()
 
     @torch.no_grad()
     def compress(

@@ -91,6 +91,26 @@ class GDN(nn.Module):
         norm = norm.sqrt_() if self.inverse else norm.rsqrt_()
         return norm.mul_(x)
 
+    @torch.no_grad()
+    def forward_(self, x: Tensor, band: int = 1 << 20) -> Tensor:
+        """forward(x) written over x, for a caller that has no further use for x (inference
+        only). Computed in bands of whole rows of about `band` elements, so the extra memory
+        is two bands (x² and the normaliser) instead of two activations the size of x. The
+        normaliser is a 1x1 convolution, per position, so the bands give the same values as
+        the whole (tests/test_memory.py checks this bitwise)."""
+        if torch.is_grad_enabled() or self.training:
+            raise RuntimeError("GDN.forward_ is for inference (eval mode, autograd off)")
+        channels, rows = x.shape[1], x.shape[2]
+        beta = self.beta_reparam(self.beta)
+        gamma = self.gamma_reparam(self.gamma).reshape(channels, channels, 1, 1)
+        step = max(1, band // max(1, x.shape[0] * channels * x.shape[3]))
+        for start in range(0, rows, step):
+            part = x[:, :, start : start + step]
+            norm = F.conv2d(part.square(), gamma, beta)
+            part.mul_(norm.sqrt_() if self.inverse else norm.rsqrt_())
+            del norm
+        return x
+
     def _reference(self, x: Tensor) -> Tensor:
         channels = x.shape[1]
         gamma = self.gamma_reparam(self.gamma).reshape(channels, channels, 1, 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -125,6 +127,7 @@ class DQModel(nn.Module):
         return {
             "x_hat": x_hat,
             "bits": {"top": top["bits"], "bottom": bottom["bits"]},
+            "sample_bits": top["sample_bits"] + bottom["sample_bits"],
             "commitment": top["commitment"] + bottom["commitment"],
             "latents": {name: latent.detach() for name, latent in levels["latents"].items()},
         }
@@ -219,14 +222,31 @@ class DQModel(nn.Module):
             "cond": levels["cond"],
         }
 
+    def synthesise_inplace(self, y: Tensor) -> Tensor:
+        """synthesise(y) at inference in the least memory, with the same values: the layers
+        run one by one, each activation is dropped as soon as the next layer has it, and the
+        inverse GDNs work in place, band by band (GDN.forward_), so the peak is the largest
+        transposed convolution's input and output instead of three maps of the largest size.
+        Under autograd or in training mode it is `synthesise`."""
+        if torch.is_grad_enabled() or self.training:
+            return self.synthesise(y)
+        x = y
+        for layer in self.g_s:
+            x = layer.forward_(x) if isinstance(layer, GDN) else layer(x)
+        if self.config.linear_skip:
+            x = x.add_(self.skip_s(y))
+        return x
+
     @torch.no_grad()
-    def decompress(
+    def decode_latents(
         self,
         strings: list[bytes],
         shape: tuple[int, int],
         point: int | None = None,
         integer: IntegerModel | None = None,
     ) -> dict:
+        """The entropy-decoding half of `decompress`: the synthesis input "y" (1, C + N, h, w),
+        channels-last, and the decoded "indices"."""
         point = self._points(1, point, None)
         ones = torch.ones(1, 1, *shape)
         top = self.top.decompress(
@@ -236,12 +256,33 @@ class DQModel(nn.Module):
         bottom = self.bottom.decompress(
             strings[1], cond, point, _integer_level(integer, False, cond, top)
         )
-        y = torch.cat([self._unscaled(bottom["y_hat"], self._gain("bottom", point)), cond], 1)
-        y = y.contiguous(memory_format=torch.channels_last)
-        x_hat = tiled_synthesis(self.synthesise, y, stride=self.config.bottom_stride)
+        indices = {"top": top["indices"], "bottom": bottom["indices"]}
+        del top
+        y_hat = self._unscaled(bottom.pop("y_hat"), self._gain("bottom", point))
+        y = torch.cat([y_hat, cond], 1)
+        del y_hat, cond
+        return {"y": y.contiguous(memory_format=torch.channels_last), "indices": indices}
+
+    @torch.no_grad()
+    def decompress(
+        self,
+        strings: list[bytes],
+        shape: tuple[int, int],
+        point: int | None = None,
+        integer: IntegerModel | None = None,
+        write: Callable[[Tensor, int, int], None] | None = None,
+    ) -> dict:
+        """The image "x_hat" (1, 3, 16h, 16w) in [0, 1] and the decoded "indices". With `write`, the
+        image is not assembled: each synthesis tile's core goes to write(core, top, left)
+        as it is made (unclamped; see tiling.tiled_synthesis) and "x_hat" is None."""
+        latents = self.decode_latents(strings, shape, point, integer)
+        y = latents.pop("y")
+        x_hat = tiled_synthesis(
+            self.synthesise_inplace, y, stride=self.config.bottom_stride, write=write
+        )
         return {
-            "x_hat": x_hat.clamp_(0, 1),
-            "indices": {"top": top["indices"], "bottom": bottom["indices"]},
+            "x_hat": None if x_hat is None else x_hat.clamp_(0, 1),
+            "indices": latents["indices"],
         }
 
 

@@ -129,8 +129,13 @@ def tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int, int
 
 
 def tiled_synthesis(
-    g_s: Callable[[Tensor], Tensor], y: Tensor, stride: int = 16, tile: int = 32, overlap: int = 2
-) -> Tensor:
+    g_s: Callable[[Tensor], Tensor],
+    y: Tensor,
+    stride: int = 16,
+    tile: int = 32,
+    overlap: int = 2,
+    write: Callable[[Tensor, int, int], None] | None = None,
+) -> Tensor | None:
     """g_s(y) computed on overlapping latent tiles.
 
     g_s: any callable acting locally (an nn.Module, or DQModel.synthesise); y: (B, C, H, W)
@@ -139,6 +144,12 @@ def tiled_synthesis(
     on each side (clipped at the borders); each tile's core, scaled by `stride`, is written
     into a preallocated (B, C_out, H*stride, W*stride) output. A latent that fits in one
     tile is passed to g_s whole.
+
+    write: instead of that output, hand each core to write(core, top, left) (pixel origin
+    of the core; the cores partition the H*stride x W*stride output) and return None: the
+    caller converts and stores each tile at once (Codec.decode writes 8-bit pixels straight
+    into the image), so no full-size float output is ever held. `core` is a view into the
+    tile's output, which the caller may overwrite.
     """
     if y.dim() != 4:
         raise ValueError(f"expected a (B, C, H, W) latent, got shape {tuple(y.shape)}")
@@ -146,7 +157,9 @@ def tiled_synthesis(
     rows = tile_spans(h, tile, overlap)
     cols = tile_spans(w, tile, overlap)
     if len(rows) <= 1 and len(cols) <= 1:
-        return g_s(y)
+        if write is None:
+            return g_s(y)
+        rows, cols = [(0, h, 0, h)], [(0, w, 0, w)]
     out = None
     for r0, r1, cr0, cr1 in rows:
         for c0, c1, cc0, cc1 in cols:
@@ -156,15 +169,19 @@ def tiled_synthesis(
                     f"g_s maps a {r1 - r0}x{c1 - c0} latent to "
                     f"{tuple(piece.shape[-2:])}, not a {stride}x upsampling"
                 )
-            if out is None:
-                out = piece.new_empty(piece.shape[0], piece.shape[1], h * stride, w * stride)
-            out[:, :, cr0 * stride : cr1 * stride, cc0 * stride : cc1 * stride] = piece[
+            core = piece[
                 :,
                 :,
                 (cr0 - r0) * stride : (cr1 - r0) * stride,
                 (cc0 - c0) * stride : (cc1 - c0) * stride,
             ]
-            del piece
+            if write is not None:
+                write(core, cr0 * stride, cc0 * stride)
+            else:
+                if out is None:
+                    out = piece.new_empty(piece.shape[0], piece.shape[1], h * stride, w * stride)
+                out[:, :, cr0 * stride : cr1 * stride, cc0 * stride : cc1 * stride] = core
+            del piece, core
     return out
 
 

@@ -69,6 +69,8 @@ class TrainOptions:
     # stop this invocation after so many minutes (with a checkpoint), mid-schedule: a run split
     # over time-limited machines continues with `resume`
     stop_after: float | None = None
+    # weight each rate point's loss by the inverse of its running RD cost (PointBalance)
+    balance_points: bool = False
 
 
 def parse_stages(text: str) -> tuple[Stage, ...]:
@@ -172,15 +174,52 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
-def rd_loss(out: dict, x: Tensor, lmbda: Tensor, commitment: float) -> dict:
-    """lmbda: the trade-off of each sample (B,)."""
-    pixels = x.shape[0] * x.shape[2] * x.shape[3]
+def rd_loss(
+    out: dict, x: Tensor, lmbda: Tensor, commitment: float, weights: Tensor | None = None
+) -> dict:
+    """lmbda: the trade-off of each sample (B,); weights: each sample's share of the loss (B,),
+    default equal. "cost" is each sample's RD cost, 255² λ MSE + bpp (no gradient)."""
     mse_each = (out["x_hat"] - x).pow(2).mean((1, 2, 3))
-    bpp = sum(out["bits"].values()) / pixels
-    loss = 255**2 * (lmbda * mse_each).mean() + bpp + commitment * out["commitment"]
+    bpp_each = out["sample_bits"] / (x.shape[2] * x.shape[3])
+    cost = 255**2 * lmbda * mse_each + bpp_each
+    main = cost.mean() if weights is None else (weights * cost).mean()
+    loss = main + commitment * out["commitment"]
     mse = mse_each.detach().mean()
     psnr = -10 * torch.log10(mse.clamp_min(1e-10))
-    return {"loss": loss, "mse": mse, "bpp": bpp, "psnr": psnr}
+    return {
+        "loss": loss,
+        "mse": mse,
+        "bpp": bpp_each.detach().mean(),
+        "psnr": psnr,
+        "cost": cost.detach(),
+    }
+
+
+class PointBalance:
+    """A running RD cost per rate point; a sample's loss is weighted by the mean of these
+    costs over its point's, so every point's relative improvement counts the same in the
+    gradient of the shared transforms. Unweighted, a point's distortion gradient scales with
+    its λ: the lowest point of dq-vr (λ 0.00015) weighs about 1/300 of its highest."""
+
+    def __init__(self, points: int, decay: float = 0.99, state: list[float] | None = None):
+        self.decay = decay
+        self.cost = torch.tensor(state if state is not None else [math.nan] * points)
+
+    def weights(self, points: Tensor) -> Tensor:
+        known = self.cost[~self.cost.isnan()]
+        if len(known) < len(self.cost):  # until every point has a cost: equal weights
+            return torch.ones(len(points), device=points.device)
+        return (known.mean() / self.cost).to(points.device)[points]
+
+    def update(self, points: Tensor, cost: Tensor) -> None:
+        points, cost = points.cpu(), cost.float().cpu()
+        for p in points.unique().tolist():
+            now = float(cost[points == p].mean())
+            old = float(self.cost[p])
+            self.cost[p] = now if math.isnan(old) else self.decay * old + (1 - self.decay) * now
+
+    def state(self) -> list[float]:
+        return self.cost.tolist()
 
 
 def rd_cost(lmbda: float, psnr: float, bpp: float) -> float:
@@ -221,7 +260,13 @@ def validation_score(results: list[dict]) -> float:
 
 
 def save_checkpoint(
-    path: Path, model: DQModel, optimizer, step: int, best: float | None, schedule_steps: int
+    path: Path,
+    model: DQModel,
+    optimizer,
+    step: int,
+    best: float | None,
+    schedule_steps: int,
+    balance: PointBalance | None = None,
 ) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(
@@ -232,6 +277,7 @@ def save_checkpoint(
             "schedule_steps": schedule_steps,
             "config": model.config.to_json(),
             "best_val": best,
+            **({"point_cost": balance.state()} if balance is not None else {}),
         },
         tmp,
     )
@@ -343,6 +389,11 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
             f"{round(ramp_steps)} of {opts.steps} steps"
         )
     lambdas = torch.tensor(config.point_lambdas(), device=device)
+    balance = None
+    if opts.balance_points and config.rate_points > 1:
+        balance = PointBalance(config.rate_points, state=(state or {}).get("point_cost"))
+        if rank == 0:
+            log("each rate point's loss is weighted by the inverse of its running RD cost")
     point_rng = torch.Generator().manual_seed(opts.seed * 1000 + rank * 7919 + step)
     bar = tqdm(total=opts.steps, initial=step, disable=rank != 0, dynamic_ncols=True)
     t0, start_step = time.time(), step
@@ -354,7 +405,10 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
         for level in (model.top, model.bottom):
             level.rate_weight = config.rate_weight * ramp
         points = sample_points(model, x.shape[0], point_rng).to(device)
-        out, r = train_step(wrapped, optimizer, x, points, lambdas, opts.commitment, bf16)
+        weights = balance.weights(points) if balance is not None else None
+        out, r = train_step(wrapped, optimizer, x, points, lambdas, opts.commitment, bf16, weights)
+        if balance is not None:
+            balance.update(points, r["cost"])
         step += 1
         if step % 100 == 0:
             restart_dead_codes(model, out["latents"], world)
@@ -383,7 +437,7 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
             and time_is_up(started, opts.stop_after, world, device)
         )
         if rank == 0 and (step % opts.checkpoint_every == 0 or step == opts.steps or stopping):
-            save_checkpoint(ckpt_path, model, optimizer, step, best, opts.steps)
+            save_checkpoint(ckpt_path, model, optimizer, step, best, opts.steps, balance)
         if stopping:
             if rank == 0:
                 log(
@@ -434,11 +488,18 @@ def restart_dead_codes(model: DQModel, latents: dict, world: int) -> None:
 
 
 def train_step(
-    model, optimizer, x: Tensor, points: Tensor, lambdas: Tensor, commitment: float, bf16: bool
+    model,
+    optimizer,
+    x: Tensor,
+    points: Tensor,
+    lambdas: Tensor,
+    commitment: float,
+    bf16: bool,
+    weights: Tensor | None = None,
 ) -> tuple[dict, dict]:
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         out = model(x, points)
-    r = rd_loss(out, x, lambdas[points], commitment)
+    r = rd_loss(out, x, lambdas[points], commitment, weights)
     optimizer.zero_grad(set_to_none=True)
     r["loss"].backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
