@@ -733,6 +733,57 @@ def fit_prior(
 
 
 @main.command()
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    required=True,
+    help="Folder of training photos (its held-out split validates).",
+)
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), required=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--run",
+    type=click.Path(path_type=Path),
+    help="Folder for checkpoints and logs [default: beside the output].",
+)
+@click.option(
+    "--init",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Model to start from [default: the shipped variable-rate model].",
+)
+@click.option("--crop", type=click.IntRange(min=64), default=256, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option("-f", "--force", is_flag=True)
+@user_errors
+def burst(data, minutes, output, run, init, crop, batch, device, force):
+    """Train the shipped variable-rate model for a fixed time on a GPU (large batches, photos
+    on the device, compiled transforms, balanced rate points, frozen prior) and write a model
+    file ready to evaluate. Refit its prior afterwards with fit-prior."""
+    from dqcodec.training.burst import BurstRecipe
+    from dqcodec.training.burst import burst as run_burst
+    from dqcodec.training.trainer import model_from_checkpoint
+    from dqcodec.zoo import save_model
+
+    check_output(data, output, force)
+    run = run or output.with_suffix(".run")
+    kept = run_burst(
+        data,
+        run,
+        minutes,
+        init=init,
+        device=device,
+        recipe=BurstRecipe(crop=crop, batch=batch),
+        log=lambda m: click.echo(m, err=True),
+    )
+    model = model_from_checkpoint(kept)
+    write_atomic(output, lambda tmp: save_model(model, tmp, "fp16"))
+    click.echo(f"{kept} -> {output}")
+
+
+@main.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
 @click.option("-f", "--force", is_flag=True)

@@ -61,3 +61,24 @@ def test_balanced_training_records_the_point_costs(tmp_path, training_photos):
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     costs = state["point_cost"]
     assert len(costs) == 2 and all(math.isfinite(c) and c > 0 for c in costs)
+
+
+def test_burst_trains_the_transforms_and_keeps_the_prior(tmp_path, training_photos):
+    from click.testing import CliRunner
+
+    from dqcodec.cli import main
+    from dqcodec.zoo import read_model_file, save_model
+
+    init = tmp_path / "init.safetensors"
+    save_model(tiny_variable_rate_model(), init, "fp32")
+    out = tmp_path / "burst.safetensors"
+    args = ["burst", "--data", training_photos, "--init", init, "--minutes", "0.2"]
+    args += ["--crop", "64", "--batch", "2", "--device", "cpu", "-o", out]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    before, after = read_model_file(init), read_model_file(out)
+    for name, value in before.state_dict().items():
+        if ".prior." in name:  # frozen: only the export's fp16 rounding
+            assert torch.equal(value.half().float(), after.state_dict()[name]), name
+    assert not torch.equal(before.g_s[0].weight, after.g_s[0].weight)
+    assert (tmp_path / "burst.run" / "checkpoint.pt").is_file()

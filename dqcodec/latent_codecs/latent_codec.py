@@ -6,6 +6,7 @@ every probability with exactly the computation the decoder will repeat.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -83,13 +84,20 @@ class DQLatentCodec(nn.Module):
         straight_through) the logits each index was coded with. Each pass computes
         logits only at the positions it codes (half of a checkerboard). With `integer`
         (the integer prior and its int8 conditioning) the integer prior makes the
-        probabilities; otherwise the float prior does."""
+        probabilities; otherwise the float prior does. A frozen prior (no parameter that
+        requires a gradient) computes its logits outside the autograd graph."""
         b, _, h, w = cond.shape
-        model = (
-            IntegerPasses(*integer, self.level.channels)
-            if integer is not None
-            else FloatPasses(self.prior, cond, point, self.quantizer.codebooks)
+        prior_graph = (
+            torch.no_grad()
+            if straight_through is not None and not self.prior_trains()
+            else contextlib.nullcontext()
         )
+        with prior_graph:
+            model = (
+                IntegerPasses(*integer, self.level.channels)
+                if integer is not None
+                else FloatPasses(self.prior, cond, point, self.quantizer.codebooks)
+            )
         anchors = checkerboard(h, w, cond.device)
         y_hat = cond.new_zeros(b, self.level.channels, h, w)
         indices = torch.zeros(b, self.level.groups, h, w, dtype=torch.long, device=cond.device)
@@ -100,14 +108,15 @@ class DQLatentCodec(nn.Module):
         for p in pass_schedule(self.level.slices):
             s = p.slice_index
             groups, channels = self.prior.group_slice(s), self.prior.channel_slice(s)
-            if p.anchors:  # the slice's first pass
-                model.begin_slice(s, y_hat)
             positions = anchors if p.anchors else ~anchors
-            params = model.params(s, y_hat, p.anchors, positions)
+            with prior_graph:
+                if p.anchors:  # the slice's first pass
+                    model.begin_slice(s, y_hat)
+                params = model.params(s, y_hat, p.anchors, positions)
             chosen = torch.zeros_like(indices[:, groups])
             for rows in blocks:
                 mask = positions[rows]
-                with torch.autocast(cond.device.type, enabled=False):  # fp32 logits and choices
+                with torch.autocast(cond.device.type, enabled=False), prior_graph:  # fp32
                     logits, table = model.logits(s, params, rows, mask)
                     chosen[:, :, rows][:, :, mask] = choose(p, groups, logits, rows, mask, table)
                 if straight_through is not None:
@@ -123,6 +132,9 @@ class DQLatentCodec(nn.Module):
             indices[:, groups] = torch.where(positions, chosen, indices[:, groups])
             model.record(s, groups, positions, chosen)
         return y_hat, indices, all_logits
+
+    def prior_trains(self) -> bool:
+        return any(p.requires_grad for p in self.prior.parameters())
 
     def _assigner(self, z: Tensor, rate_weight: float | Tensor | None = None) -> Chooser:
         weight = self.rate_weight if rate_weight is None else rate_weight

@@ -71,6 +71,11 @@ class TrainOptions:
     stop_after: float | None = None
     # weight each rate point's loss by the inverse of its running RD cost (PointBalance)
     balance_points: bool = False
+    # keep the prior as it is (to be refitted afterwards with fit-prior): its logits stay out
+    # of the autograd graph, and only the transforms and codebooks train
+    frozen_prior: bool = False
+    # torch.compile the analysis and synthesis transforms (worth it on a GPU)
+    compile: bool = False
 
 
 def parse_stages(text: str) -> tuple[Stage, ...]:
@@ -121,10 +126,12 @@ def load_rgb(path: Path) -> Tensor:
 
 
 class CropSampler:
-    """All training images held in memory as uint8; random crops with flips."""
+    """All training images held as uint8 on the training device, loaded once; random crops
+    with flips."""
 
-    def __init__(self, paths: list[Path], rng: random.Random):
-        self.images = [load_rgb(p) for p in tqdm(paths, desc="loading images", leave=False)]
+    def __init__(self, paths: list[Path], rng: random.Random, device: torch.device | None = None):
+        images = tqdm(paths, desc="loading images", leave=False)
+        self.images = [load_rgb(p).to(device) for p in images]
         self.rng = rng
         self._usable: dict[int, list[Tensor]] = {}  # per crop size: images at least that large
 
@@ -340,6 +347,14 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
     model = starting_model(opts, state, log)
     config = model.config
     model.to(device)
+    if opts.frozen_prior:
+        for level in (model.top, model.bottom):
+            level.prior.requires_grad_(False)
+        if rank == 0:
+            log("the prior is frozen: its logits stay out of the graph (refit it with fit-prior)")
+    if opts.compile:
+        model.g_a.compile()
+        model.g_s.compile()
     optimizer = make_optimizer(model, opts.lr)
     step, best = 0, None
     if state:
@@ -363,7 +378,7 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
 
     train_paths, val_paths = split_train_val(list_images(opts.data), opts.val_count)
     rng = random.Random(opts.seed * 1000 + rank * 7919 + step)
-    sampler = CropSampler(train_paths[rank::world], rng)
+    sampler = CropSampler(train_paths[rank::world], rng, device)
     val_images = [load_rgb(p) for p in val_paths]
 
     if opts.minutes is not None and state and "schedule_steps" in state:
@@ -397,6 +412,7 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
     point_rng = torch.Generator().manual_seed(opts.seed * 1000 + rank * 7919 + step)
     bar = tqdm(total=opts.steps, initial=step, disable=rank != 0, dynamic_ncols=True)
     t0, start_step = time.time(), step
+    trained_pixels = 0
     while step < opts.steps:
         stage = stage_at(step, opts)
         x = sampler.batch(stage.crop, stage.batch).to(device).float() / 255.0
@@ -404,6 +420,7 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
         ramp = min(1.0, step / max(1.0, ramp_steps))
         for level in (model.top, model.bottom):
             level.rate_weight = config.rate_weight * ramp
+        trained_pixels += x.shape[0] * x.shape[2] * x.shape[3]
         points = sample_points(model, x.shape[0], point_rng).to(device)
         weights = balance.weights(points) if balance is not None else None
         out, r = train_step(wrapped, optimizer, x, points, lambdas, opts.commitment, bf16, weights)
@@ -424,9 +441,10 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
             v = validate(model, val_images)
             score = validation_score(v)
             summary = " | ".join(f"bpp {p['bpp']:.4f} psnr {p['psnr']:.2f}" for p in v)
+            elapsed = time.time() - t0
             log(
-                f"step {step}: val {summary} "
-                f"({(time.time() - t0) / 60:.1f} min for {step - start_step} steps)"
+                f"step {step}: val {summary} ({elapsed / 60:.1f} min for {step - start_step} "
+                f"steps, {trained_pixels / 1e6 / elapsed:.2f} megapixels/s)"
             )
             if best is None or score < best:
                 best = score
@@ -440,9 +458,10 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
             save_checkpoint(ckpt_path, model, optimizer, step, best, opts.steps, balance)
         if stopping:
             if rank == 0:
+                elapsed = time.time() - t0
                 log(
-                    f"stopped after {opts.stop_after:g} minutes at step {step} of {opts.steps}: "
-                    f"continue with --resume"
+                    f"stopped after {opts.stop_after:g} minutes at step {step} of {opts.steps} "
+                    f"({trained_pixels / 1e6 / elapsed:.2f} megapixels/s): continue with --resume"
                 )
             break
     bar.close()
