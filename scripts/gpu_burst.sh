@@ -9,12 +9,14 @@ MINUTES="${MINUTES:-8}"
 OUT="${OUT:-burst-out}"
 DEVICE="${DEVICE:-cuda}"
 mkdir -p "$OUT"
+SITE="$(mktemp -d)"
+RUN="$(mktemp -d)"
 if [ -d .burst/wheels ] && ! python3 -c "import constriction, pytorch_msssim" 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .burst/wheels/*.whl
-    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+    python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .burst/wheels/*.whl
+    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null
 export PYTHONUNBUFFERED=1
 python3 -c "import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
 python3 -m dqcodec.cli burst --data .burst/photos --minutes "$MINUTES" --device "$DEVICE" \
-    --run /tmp/burst-run -o "$OUT/dq-vr-burst.safetensors" --force "$@" 2>&1 | tee "$OUT/burst.log"
+    --run "$RUN" -o "$OUT/dq-vr-burst.safetensors" --force "$@" 2>&1 | tee "$OUT/burst.log"

@@ -122,7 +122,8 @@ def lookup(table: Tensor, index: Tensor) -> Tensor:
 
 
 def apply_table(table: Tensor, wide: Tensor) -> Tensor:
-    return lookup(table, wide.clamp(-WIDE_MAX - 1, WIDE_MAX) + (WIDE_MAX + 1))
+    index = wide.to(torch.int32, copy=True).clamp_(-WIDE_MAX - 1, WIDE_MAX).add_(WIDE_MAX + 1)
+    return lookup(table, index)
 
 
 # -- integer GEMM and convolution ------------------------------------------------------------
@@ -202,10 +203,13 @@ class IntConv:
         self.rounded_bias = self.bias * self.multiplier + (1 << (self.shift - 1))
         self.scaled_low, self.scaled_high = self.low - self.offset, self.high - self.offset
 
-    def accumulate(self, x: Tensor, zero: int, at: Tensor | None = None) -> Tensor:
+    def accumulate(
+        self, x: Tensor, zero: int, at: Tensor | None = None, rescaled: bool = False
+    ) -> Tensor:
         """int64 (B, H', W', Cout) sums of weight x input, `zero` (the input's real 0) in the
         padding and between upsampled positions; with `at` (H', W') bool, only at those
-        positions: (B, n, Cout) in row-major order."""
+        positions: (B, n, Cout) in row-major order. `rescaled`: each block of rows goes
+        through `rescale` as soon as it is summed, so no full-size int64 map is ever held."""
         if self.upsample > 1:
             b, h, w, c = x.shape
             u = self.upsample
@@ -216,49 +220,62 @@ class IntConv:
         b, h, w, c = x.shape
         out_h, out_w = h + 2 * pad - self.kernel + 1, w + 2 * pad - self.kernel + 1
         cout = self.weights[0][0].shape[1]
+        dtype = torch.int32 if rescaled else torch.int64
         if at is not None and not bool(at.any()) or out_h * out_w == 0:
             shape = (b, 0, cout) if at is not None else (b, out_h, out_w, cout)
-            return torch.zeros(shape, dtype=torch.int64)
-        rows = max(1, ROWS_PER_BLOCK // max(1, b * out_w))
-        acc = None
+            return torch.zeros(shape, dtype=dtype)
+        padded = []
         for (plane, offset), fill in zip(planes(x), plane_values(x, zero)):
             if pad:
-                plane = F.pad(plane.permute(0, 3, 1, 2), (pad, pad, pad, pad), value=fill).permute(
-                    0, 2, 3, 1
-                )
-            out = []
-            for r in range(0, out_h, rows):
-                r_end = min(out_h, r + rows)
-                if self.kernel == 1:
-                    cols = plane[:, r:r_end]
-                else:
-                    cols = torch.cat(
-                        [
-                            plane[:, r + dy : r_end + dy, dx : dx + out_w]
-                            for dy in range(self.kernel)
-                            for dx in range(self.kernel)
-                        ],
-                        -1,
-                    )
+                plane = F.pad(plane.permute(0, 3, 1, 2), (pad, pad, pad, pad), value=fill)
+                plane = plane.permute(0, 2, 3, 1)
+            padded.append((plane, offset))
+        if at is not None:
+            out = torch.empty(b, int(at.sum()), cout, dtype=dtype)
+        else:
+            out = torch.empty(b, out_h, out_w, cout, dtype=dtype)
+        rows, filled = max(1, ROWS_PER_BLOCK // max(1, b * out_w)), 0
+        for r in range(0, out_h, rows):
+            r_end = min(out_h, r + rows)
+            block = None
+            for plane, offset in padded:
+                cols = self._columns(plane, r, r_end, out_w)
                 cols = cols[:, at[r:r_end]] if at is not None else cols
-                block = None
                 for weight, weight_offset in self.weights:
                     part = int_matmul(cols.reshape(-1, cols.shape[-1]), weight).to(torch.int64)
                     if offset + weight_offset:
                         part <<= offset + weight_offset
                     block = part if block is None else block.add_(part)
-                out.append(block.reshape(*cols.shape[:-1], -1))
-            out = torch.cat(out, 1)
-            acc = out if acc is None else acc.add_(out)
-        return acc
+            block = block.reshape(*cols.shape[:-1], -1)
+            block = self.rescale(block) if rescaled else block
+            if at is not None:
+                out[:, filled : filled + block.shape[1]] = block
+                filled += block.shape[1]
+            else:
+                out[:, r:r_end] = block
+        return out
+
+    def _columns(self, plane: Tensor, r: int, r_end: int, out_w: int) -> Tensor:
+        """im2col of output rows r..r_end: (B, rows, W', k*k*C) in (ky, kx, c) order."""
+        if self.kernel == 1:
+            return plane[:, r:r_end]
+        return torch.cat(
+            [
+                plane[:, r + dy : r_end + dy, dx : dx + out_w]
+                for dy in range(self.kernel)
+                for dx in range(self.kernel)
+            ],
+            -1,
+        )
 
     def rescale(self, acc: Tensor) -> Tensor:
-        """int64 outputs in the output format, clamped to its range."""
+        """Outputs in the output format, clamped to its range: int32, since every format
+        fits in 16 bits, which halves the memory of the wide activations at large sizes."""
         scaled = acc.mul_(self.multiplier).add_(self.rounded_bias) >> self.shift
-        return scaled.clamp_(self.scaled_low, self.scaled_high).add_(self.offset)
+        return scaled.clamp_(self.scaled_low, self.scaled_high).add_(self.offset).to(torch.int32)
 
     def __call__(self, x: Tensor, zero: int, at: Tensor | None = None) -> Tensor:
-        return self.rescale(self.accumulate(x, zero, at))
+        return self.accumulate(x, zero, at, rescaled=True)
 
 
 def quantize_weight(weight: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:

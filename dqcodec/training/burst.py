@@ -1,5 +1,5 @@
-"""A short training burst from the shipped variable-rate model, sized for a GPU lent for a few
-minutes: large batches of large crops, the photos held on the device, the transforms compiled,
+"""A short training burst from the shipped variable-rate model, sized for a few minutes of a
+GPU: large batches of large crops, the photos held on the device, the transforms compiled,
 every rate point weighted alike, the prior frozen (refit it afterwards on the CPU with
 `dqcodec fit-prior`). `dqcodec burst` exports the result as a model file that
 `dqcodec eval --model` reads as it is."""
