@@ -197,6 +197,18 @@ def test_files_from_release_0_1_0_decode(quality):
     assert np.array_equal(np.asarray(decoded), np.asarray(expected))
 
 
+@pytest.mark.parametrize("quality", [1, 5, 9])
+def test_files_from_release_0_2_0_decode(quality):
+    """Format version 2 (the integer prior): the same codes on every machine (the index
+    checksum in the file is checked), the pixels 0.2.0 decoded within 1 grey level."""
+    data = (DATA / f"release-0.2.0-q{quality}.dq").read_bytes()
+    assert DQFile.from_bytes(data).version == 2
+    decoded = np.asarray(load_codec(quality).decode(data), dtype=np.int16)
+    expected = np.asarray(Image.open(DATA / f"release-0.2.0-q{quality}.png"), dtype=np.int16)
+    assert decoded.shape == expected.shape
+    assert np.abs(decoded - expected).max() <= 1
+
+
 def _decode_env(**env) -> dict:
     full = {
         k: v
