@@ -30,25 +30,18 @@ Variants:
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from child_process import in_child, status_mb
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO.parent / "shared" / "data" / "train"
 PHOTO = "unsplash_rachel-hisko-rEM3cK8F1pk-unsplash.jpg"  # 1500x1000, a 3:2 photo
 TARGETS_MB = {(3840, 2160): 1000, (6000, 4000): 1200}
-
-
-def status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 class Sampler:
@@ -280,15 +273,7 @@ def fixed_point_table(dq_path: Path, png: Path, bits: list[int], threads: int) -
             print(f"{f'{b}-bit':<10}{b / 8:>14.3g}{got:>9.3f}{got - reference:>10.3f}")
 
 
-def in_child(target, *args) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(queue, *args))
-    proc.start()
-    try:
-        result = queue.get()
-    finally:
-        proc.join()
+def checked(result: dict) -> dict:
     if not result["ok"]:
         raise RuntimeError(result["error"])
     return result
@@ -321,7 +306,7 @@ def main() -> None:
         if not png.exists():
             make_image(photo, tuple(int(v) for v in size_text.split("x")), png)
         if not dq.exists():
-            in_child(_encode_child, str(png), str(dq), args.threads)
+            checked(in_child(_encode_child, str(png), str(dq), args.threads))
         bits = [int(b) for b in args.fixed_point.split(",")]
         fixed_point_table(dq, png, bits, args.threads)
         return
@@ -332,13 +317,15 @@ def main() -> None:
         if not png.exists():
             make_image(photo, size, png)
         if not dq.exists():
-            in_child(_encode_child, str(png), str(dq), args.threads)
+            checked(in_child(_encode_child, str(png), str(dq), args.threads))
         runs = {v: [] for v in variants}
         for r in range(args.rounds):
             order = variants if r % 2 == 0 else variants[::-1]
             for v in order:
                 out = str(args.workdir / f"{size_text}-{v}")
-                runs[v].append(in_child(_decode_child, v, str(dq), str(png), out, args.threads))
+                runs[v].append(
+                    checked(in_child(_decode_child, v, str(dq), str(png), out, args.threads))
+                )
             if "old" in variants:
                 import numpy as np
 

@@ -45,13 +45,14 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+from child_process import in_child, maxrss_mb, peak_mb
 
 REPO = Path(__file__).resolve().parents[1]
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
@@ -157,25 +158,6 @@ def make_codec(name: str, model_path: str | None, effort: int):
 # --------------------------------------------------------------------------- memory child
 
 
-def _maxrss_mb() -> float:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (1 << 20) if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB else
-
-
-def _peak_mb() -> float:
-    """This process's peak RSS. On Linux `ru_maxrss` of a spawned child starts at its parent's
-    peak (the kernel carries the high-water mark across fork and exec), so read the child's
-    own address space's high-water mark, VmHWM, there instead."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return _maxrss_mb()
-
-
 def _child(
     queue, what: str, name: str, model_path: str | None, threads: int, arg, effort: int
 ) -> None:
@@ -186,11 +168,11 @@ def _child(
 
         torch.set_num_threads(thread_count(threads))  # as a dqcodec command would
         codec = make_codec(name, model_path, effort)
-        base = _peak_mb()
+        base = peak_mb()
         t0 = time.perf_counter()
         result = codec.encode(arg) if what == "encode" else codec.decode(arg)
         seconds = time.perf_counter() - t0
-        peak = _peak_mb()
+        peak = peak_mb()
         del result
         queue.put(
             {
@@ -198,26 +180,11 @@ def _child(
                 "peak_mb": peak,
                 "base_mb": base,
                 "seconds": seconds,
-                "ru_maxrss_mb": _maxrss_mb(),
+                "ru_maxrss_mb": maxrss_mb(),
             }
         )
     except BaseException as exc:  # report, don't hang the parent
         queue.put({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
-
-
-def in_child(target, *args) -> dict:
-    """target(queue, *args) run in a fresh 'spawn' process; what it put on the queue."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(queue, *args))
-    proc.start()
-    try:
-        result = queue.get()
-    finally:
-        proc.join()
-    if result["ok"] and proc.exitcode:
-        result = {"ok": False, "error": f"child exit code {proc.exitcode}"}
-    return result
 
 
 def peak_memory(
