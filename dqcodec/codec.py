@@ -231,14 +231,23 @@ class TileWriter:
     """The `write` of DQModel.decompress for Codec.decode: each synthesis tile (1, 3, h, w),
     cropped to the image, becomes 8-bit pixels with image_io.to_image's arithmetic (clamp to
     [0, 1], times 255, round half to even) and is pasted into one RGB image. The tile's
-    floats are overwritten (tiled_synthesis hands over a tile it no longer needs)."""
+    floats are overwritten (tiled_synthesis hands over a tile it no longer needs). The image
+    is allocated with the first tile, once the payload has decoded."""
 
     def __init__(self, width: int, height: int):
-        self.image = Image.new("RGB", (width, height))
+        self.size = (width, height)
+        self._image: Image.Image | None = None
+
+    @property
+    def image(self) -> Image.Image:
+        if self._image is None:
+            self._image = Image.new("RGB", self.size)
+        return self._image
 
     def __call__(self, core: torch.Tensor, top: int, left: int) -> None:
-        rows = min(core.shape[-2], self.image.height - top)
-        cols = min(core.shape[-1], self.image.width - left)
+        width, height = self.size
+        rows = min(core.shape[-2], height - top)
+        cols = min(core.shape[-1], width - left)
         if rows <= 0 or cols <= 0:  # a tile of the padding alone
             return
         pixels = core[0, :, :rows, :cols].clamp_(0, 1).mul_(255.0).round_().to(torch.uint8)
