@@ -127,7 +127,8 @@ class DQLatentCodec(nn.Module):
                 )
             else:
                 values = self.quantizer.lookup(chosen, groups)
-            y_hat = y_hat.clone()
+            if straight_through is not None:  # autograd needs the earlier passes' y_hat
+                y_hat = y_hat.clone()
             y_hat[:, channels] = torch.where(positions, values, y_hat[:, channels])
             indices[:, groups] = torch.where(positions, chosen, indices[:, groups])
             model.record(s, groups, positions, chosen)

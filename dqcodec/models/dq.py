@@ -259,9 +259,13 @@ class DQModel(nn.Module):
         indices = {"top": top["indices"], "bottom": bottom["indices"]}
         del top
         y_hat = self._unscaled(bottom.pop("y_hat"), self._gain("bottom", point))
-        y = torch.cat([y_hat, cond], 1)
-        del y_hat, cond
-        return {"y": y.contiguous(memory_format=torch.channels_last), "indices": indices}
+        channels = y_hat.shape[1]
+        y = torch.empty(  # written in place: no concatenated copy to convert
+            1, channels + cond.shape[1], *y_hat.shape[2:], memory_format=torch.channels_last
+        )
+        y[:, :channels] = y_hat
+        y[:, channels:] = cond
+        return {"y": y, "indices": indices}
 
     @torch.no_grad()
     def decompress(
