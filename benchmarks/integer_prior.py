@@ -59,23 +59,15 @@ class Calibrations:
 def codec_for(level: int, policy: str, source: str, calibrations: Calibrations) -> Codec:
     shipped = load_codec(level)
     weights = shipped_models()[level].weights
-    if policy == "float":
-        return Codec(
-            shipped.model,
-            level,
-            shipped.rate_weight,
-            shipped.rate_point,
-            shipped.search_scale,
-            policy=None,
-        )
+    calibration = None if policy == "float" else calibrations.get(shipped, weights, source)
     return Codec(
         shipped.model,
         level,
         shipped.rate_weight,
         shipped.rate_point,
         shipped.search_scale,
-        calibrations.get(shipped, weights, source),
-        POLICIES[policy],
+        calibration,
+        None if policy == "float" else POLICIES[policy],
     )
 
 

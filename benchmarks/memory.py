@@ -17,7 +17,7 @@ VmHWM after writing the PNG too. PSNR is against the upscaled original; `max|d|`
 largest pixel difference from the `old` variant's image of the same round.
 
 Variants:
-  old        Codec.decode before issue 27: nn.Sequential g_s per tile into a full float
+  old        the whole-image decode: nn.Sequential g_s per tile into a full float
              (3, H, W) image, clamp, to_image (x*255, round, uint8, copies), PIL image.
   new        Codec.decode now: in-place banded inverse GDNs, each 512-px tile turned into
              8-bit pixels and pasted into the PIL image at once.
@@ -99,7 +99,7 @@ def _encode_child(queue, png: str, dq: str, threads: int) -> None:
 
 
 def old_decode(codec, data: bytes, sampler: Sampler):
-    """Codec.decode as it was before issue 27 (RGB files), stage by stage."""
+    """The whole-image decode (RGB files), stage by stage."""
     import torch
 
     from dqcodec.container import DQFile

@@ -105,8 +105,7 @@ def run_batch(inputs, outputs, work) -> None:
         pairs, unit="file", file=sys.stderr, disable=len(pairs) < 2 or not sys.stderr.isatty()
     )
     for src, dst in bar:
-        if len(pairs) > 1:
-            configure_threads()  # the machine's load may have changed since the last file
+        configure_threads()  # per file: the machine's load may change during a batch
         try:
             work(src, dst)
         except DQError as exc:
@@ -200,7 +199,6 @@ def encode(inputs, output, outdir, quality, model, rate_point, effort, force):
     from dqcodec.codec import load_codec
     from dqcodec.image_io import open_image
 
-    configure_threads()
     codec = load_codec(
         None if model is not None else quality, model, model_rate_point(model, rate_point)
     )
@@ -253,7 +251,6 @@ def decode(inputs, output, outdir, model, force, max_pixels):
     from dqcodec.codec import codec_for_file
     from dqcodec.image_io import save_format
 
-    configure_threads()
     outputs = output_paths(inputs, output, outdir, ".png")
 
     def work(src: Path, dst: Path) -> None:

@@ -22,7 +22,7 @@ from dqcodec.entropy_models.integer_prior import (
     integer_id,
 )
 from dqcodec.errors import DQError
-from dqcodec.image_io import open_image, split_alpha, to_tensor
+from dqcodec.image_io import open_image, split_alpha, to_image, to_tensor
 from dqcodec.models.dq import DQModel, pad_to_stride
 from dqcodec.models.encoder_search import DEFAULT_EFFORT, encoder_features
 from dqcodec.options import DEFAULT_MAX_PIXELS
@@ -52,7 +52,8 @@ def index_checksum(*indices: torch.Tensor) -> int:
 @dataclass
 class EncodeResult:
     data: bytes
-    information_bits: float  # cross-entropy of the indices under the prior
+    # cross-entropy of the indices under the prior (None for codecs without one: evaluation)
+    information_bits: float | None = None
 
 
 class Codec:
@@ -229,10 +230,8 @@ class Codec:
 
 class TileWriter:
     """The `write` of DQModel.decompress for Codec.decode: each synthesis tile (1, 3, h, w),
-    cropped to the image, becomes 8-bit pixels with image_io.to_image's arithmetic (clamp to
-    [0, 1], times 255, round half to even) and is pasted into one RGB image. The tile's
-    floats are overwritten (tiled_synthesis hands over a tile it no longer needs). The image
-    is allocated with the first tile, once the payload has decoded."""
+    cropped to the image, becomes 8-bit pixels (image_io.to_image) pasted into one RGB image.
+    The image is allocated with the first tile, once the payload has decoded."""
 
     def __init__(self, width: int, height: int):
         self.size = (width, height)
@@ -250,9 +249,7 @@ class TileWriter:
         cols = min(core.shape[-1], width - left)
         if rows <= 0 or cols <= 0:  # a tile of the padding alone
             return
-        pixels = core[0, :, :rows, :cols].clamp_(0, 1).mul_(255.0).round_().to(torch.uint8)
-        array = pixels.permute(1, 2, 0).contiguous().numpy()
-        self.image.paste(Image.fromarray(array, "RGB"), (left, top))
+        self.image.paste(to_image(core[:, :, :rows, :cols]), (left, top))
 
 
 def alpha_plane(dq: DQFile) -> Image.Image | None:

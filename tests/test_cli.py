@@ -21,6 +21,10 @@ def run(*args):
     return result
 
 
+# a model small enough to train in a test, on one crop size
+TINY_TRAINING = ["--width", 8, "--groups", 4, "--codebook-size", 4, "--stages", "64x2:1"]
+
+
 def run_process(*args, env=None):
     """The installed console script, as a user runs it."""
     cmd = [sys.executable, "-m", "dqcodec.cli", *map(str, args)]
@@ -275,14 +279,7 @@ def test_train_for_a_wall_time_budget(tmp_path, training_photos):
         training_photos,
         "--out",
         out,
-        "--width",
-        8,
-        "--groups",
-        4,
-        "--codebook-size",
-        4,
-        "--stages",
-        "64x2:1",
+        *TINY_TRAINING,
         "--minutes",
         0.03,
     )
@@ -307,14 +304,7 @@ def test_a_run_split_by_stop_after_resumes_the_same_schedule(
         training_photos,
         "--out",
         out,
-        "--width",
-        8,
-        "--groups",
-        4,
-        "--codebook-size",
-        4,
-        "--stages",
-        "64x2:1",
+        *TINY_TRAINING,
         "--minutes",
         5,
     ]

@@ -1,4 +1,4 @@
-"""The low-memory decode path (issue 27) computes what the old one did.
+"""The low-memory decode path computes what the whole-image path does.
 
 Old path: tiled_synthesis(model.synthesise, y) into a full float image, clamp, then
 image_io.to_image. New path (Codec.decode): tiled_synthesis(model.synthesise_inplace, y,
@@ -27,7 +27,7 @@ def codec():
 
 
 def old_decode(codec: Codec, data: bytes) -> np.ndarray:
-    """Codec.decode before issue 27: the whole float image, then to_image."""
+    """The whole-image decode: the whole float image, then to_image."""
     dq = DQFile.from_bytes(data)
     shape = (-(-dq.height // codec.stride), -(-dq.width // codec.stride))
     with torch.inference_mode():

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dqcodec.codec import EncodeResult
 from dqcodec.errors import DQError
-from dqcodec.evaluation.evaluate import Encoded, curve_point, evaluate
+from dqcodec.evaluation.evaluate import curve_point, evaluate
 
 Setting = float  # quality (jpeg, webp, avif, heic) or butteraugli distance (jxl)
 
@@ -53,8 +54,8 @@ class ClassicCoder:
     codec: ClassicCodec
     setting: Setting
 
-    def encode(self, image: Image.Image) -> Encoded:
-        return Encoded(self.codec.encode(image.convert("RGB"), self.setting))
+    def encode(self, image: Image.Image) -> EncodeResult:
+        return EncodeResult(self.codec.encode(image.convert("RGB"), self.setting))
 
     def decode(self, data: bytes) -> Image.Image:
         return self.codec.decode(data).convert("RGB")

@@ -1,6 +1,6 @@
 """Rate-distortion evaluation from real bitstreams: one loop for dqcodec and the classic codecs.
 
-A coder is anything with ``encode(image) -> Encoded`` and ``decode(data) -> image``: a dqcodec
+A coder is anything with ``encode(image) -> EncodeResult`` and ``decode(data) -> image``: a dqcodec
 level (`DQCoder`) or a classic codec at one setting (`classic_codecs.ClassicCodec.at`). Every
 image is encoded to bytes and decoded from them, so sizes and distortions are those of the files.
 """
@@ -18,21 +18,15 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from dqcodec.codec import Codec
+from dqcodec.codec import Codec, EncodeResult
 from dqcodec.errors import DQError
 from dqcodec.evaluation.metrics import bits_per_pixel, ms_ssim, psnr
 from dqcodec.image_io import open_image
 from dqcodec.options import DEFAULT_EFFORT
 
 
-@dataclass(frozen=True)
-class Encoded:
-    data: bytes
-    information_bits: float | None = None  # a learned codec's cross-entropy of its symbols
-
-
 class Coder(Protocol):
-    def encode(self, image: Image.Image) -> Encoded: ...
+    def encode(self, image: Image.Image) -> EncodeResult: ...
 
     def decode(self, data: bytes) -> Image.Image: ...
 
@@ -44,9 +38,8 @@ class DQCoder:
     codec: Codec
     effort: int = DEFAULT_EFFORT
 
-    def encode(self, image: Image.Image) -> Encoded:
-        result = self.codec.encode_image(image, self.effort)
-        return Encoded(result.data, result.information_bits)
+    def encode(self, image: Image.Image) -> EncodeResult:
+        return self.codec.encode_image(image, self.effort)
 
     def decode(self, data: bytes) -> Image.Image:
         return self.codec.decode(data)

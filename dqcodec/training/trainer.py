@@ -444,7 +444,7 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
             elapsed = time.time() - t0
             log(
                 f"step {step}: val {summary} ({elapsed / 60:.1f} min for {step - start_step} "
-                f"steps, {trained_pixels / 1e6 / elapsed:.2f} megapixels/s)"
+                f"steps, {megapixels_per_s(trained_pixels, elapsed)})"
             )
             if best is None or score < best:
                 best = score
@@ -458,15 +458,19 @@ def train(opts: TrainOptions, resume: bool = False, log=print) -> Path:
             save_checkpoint(ckpt_path, model, optimizer, step, best, opts.steps, balance)
         if stopping:
             if rank == 0:
-                elapsed = time.time() - t0
                 log(
                     f"stopped after {opts.stop_after:g} minutes at step {step} of {opts.steps} "
-                    f"({trained_pixels / 1e6 / elapsed:.2f} megapixels/s): continue with --resume"
+                    f"({megapixels_per_s(trained_pixels, time.time() - t0)}): "
+                    "continue with --resume"
                 )
             break
     bar.close()
     best_path = opts.out / "best.pt"
     return best_path if best_path.exists() else ckpt_path  # stopped before any validation
+
+
+def megapixels_per_s(pixels: int, seconds: float) -> str:
+    return f"{pixels / 1e6 / max(seconds, 1e-9):.2f} megapixels/s"
 
 
 def time_is_up(started: float, stop_after: float | None, world: int, device: torch.device) -> bool:
