@@ -11,16 +11,19 @@ with LANCZOS, encoded once with the shipped default quality (as `dqcodec encode 
 --workdir and reused. Every measurement is a fresh 'spawn' child process on --threads
 threads; the variants take turns within each round. In the child: `base` is VmRSS after
 Python, torch, the model and its integer prior are loaded; a thread samples VmRSS every
-2 ms and keeps the peak of each stage (top prior, top_s, bottom prior, synthesis + pixels,
-PNG writing); `peak` is the child's VmHWM after the decode (the whole process), `png` its
-VmHWM after writing the PNG too. PSNR is against the upscaled original; `max|d|` is the
-largest pixel difference from the `old` variant's image of the same round.
+2 ms and keeps the peak of each stage (top prior, bottom prior, top_s with the synthesis
+input, synthesis + pixels, PNG writing; the integer prior reads the top level's codes, so the
+float top_s runs after the bottom prior); `peak` is the child's VmHWM after the decode (the
+whole process), `png` its VmHWM after writing the PNG too. PSNR is against the upscaled
+original; `max|d|` is the largest pixel difference from the `old` variant's image of the same
+round.
 
 Variants:
   old        the whole-image decode: nn.Sequential g_s per tile into a full float
              (3, H, W) image, clamp, to_image (x*255, round, uint8, copies), PIL image.
-  new        Codec.decode now: in-place banded inverse GDNs, each 512-px tile turned into
-             8-bit pixels and pasted into the PIL image at once.
+  new        Codec.decode now: the integer prior's parameters in bands of rows, in-place
+             banded inverse GDNs, each 512-px tile turned into 8-bit pixels and pasted into
+             the PIL image at once.
   new-tileN  new with synthesis tiles of N latents (default 32).
   new-bf16   new with the synthesis under CPU bf16 autocast (bf16 feature maps).
   new-mmapN  new with glibc's mmap threshold fixed at N KiB (mallopt) before decoding, so

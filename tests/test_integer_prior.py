@@ -19,6 +19,7 @@ from PIL import Image
 
 from dqcodec.codec import Codec, load_codec
 from dqcodec.container import DQFile
+from dqcodec.entropy_models import integer_prior
 from dqcodec.entropy_models.calibration import calibrate_synthesized
 from dqcodec.entropy_models.integer_prior import EXP_TABLE, UNIFORM8, derive, frequency_table
 from dqcodec.errors import DQError
@@ -150,6 +151,20 @@ def test_numpy_reference_gives_the_same_tables(level):
             image,
             codec.rate_weight,
         )
+
+
+@pytest.mark.parametrize("band_positions", [1, 40])
+def test_prior_in_bands_of_rows_gives_the_same_tables(monkeypatch, band_positions):
+    """Large latents make the prior's parameters in bands of rows, each with the rows its
+    convolutions reach: bands of one row and of a few rows (dq-vr: 5x5 and 3x3 kernels) give
+    every table the NumPy reference gives for the whole map."""
+    monkeypatch.setattr(integer_prior, "BAND_POSITIONS", band_positions)
+    codec = load_codec(5)
+    integer = codec.integer_model(codec.rate_point)
+    assert integer.bottom.reach(1, anchors=False) == 4
+    _check_against_reference(
+        codec.model, integer, codec.rate_point, _real_crops()[1], codec.rate_weight
+    )
 
 
 def test_numpy_reference_with_free_logits():

@@ -50,6 +50,7 @@ MEAN_LIMIT = WIDE_MAX  # the head's output range
 EXP_RANGE = 24  # nats below the most likely code at which a weight becomes 0
 EXP_BITS = 26  # the most likely code weighs 2^26
 TOTAL_BITS = 24  # constriction's range coder: frequencies (+1 each) sum to 2^24
+BAND_POSITIONS = 1 << 14  # latent positions per band of `params` at large sizes
 INTEGER_PATH_VERSION = "1"  # bump when the derivation changes: it changes the model id
 
 EXP_TABLE = torch.from_numpy(
@@ -214,7 +215,7 @@ class IntegerCodePrior:
         sl = self.slices[s]
         shared = sl.proj(features, self.features_zero)
         if sl.channel is not None:
-            shared = shared + sl.channel(codes[..., : s * self.slice_channels], 0)
+            shared += sl.channel(codes[..., : s * self.slice_channels], 0)
         return shared
 
     def params(
@@ -222,7 +223,43 @@ class IntegerCodePrior:
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Mean (code units) and log-scale (1/64 steps), each (B, G_s, n, d) int64, and the
         free logits (B, G_s, n, K) or None, at the n positions (H, W bool) the pass codes, in
-        row-major order."""
+        row-major order.
+
+        Large latents go in bands of rows, each with the rows its convolutions reach on
+        either side: integer arithmetic makes every band's values exactly the whole map's,
+        and the wide intermediate maps never exist at full size."""
+        b, h, w = shared.shape[:3]
+        rows = max(1, BAND_POSITIONS // max(1, b * w))
+        if rows >= h:
+            return self._params(s, shared, codes, anchors, positions)
+        reach = self.reach(s, anchors)
+        bands = []
+        for r in range(0, h, rows):
+            r_end = min(h, r + rows)
+            top, bottom = max(0, r - reach), min(h, r_end + reach)
+            inside = torch.zeros_like(positions[top:bottom])
+            inside[r - top : r_end - top] = positions[r:r_end]
+            bands.append(
+                self._params(s, shared[:, top:bottom], codes[:, top:bottom], anchors, inside)
+            )
+        mean, log_scale, free = zip(*bands)
+        return (
+            torch.cat(mean, 2),
+            torch.cat(log_scale, 2),
+            None if free[0] is None else torch.cat(free, 2),
+        )
+
+    def reach(self, s: int, anchors: bool) -> int:
+        """Rows on either side of a position that its mean and log-scale depend on."""
+        sl = self.slices[s]
+        convs = [conv.conv for block in sl.blocks for conv in block]
+        if not anchors:
+            convs.append(sl.spatial)
+        return sum(conv.kernel // 2 for conv in convs)
+
+    def _params(
+        self, s: int, shared: Tensor, codes: Tensor, anchors: bool, positions: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         sl = self.slices[s]
         if anchors:
             h = shared + sl.spatial_bias

@@ -99,7 +99,11 @@ class DQLatentCodec(nn.Module):
                 else FloatPasses(self.prior, cond, point, self.quantizer.codebooks)
             )
         anchors = checkerboard(h, w, cond.device)
-        y_hat = cond.new_zeros(b, self.level.channels, h, w)
+        # The integer prior reads its own int8 codes: without training, y_hat is only the
+        # result, made once from the indices at the end (a full-size map less while coding).
+        y_hat = None
+        if integer is None or straight_through is not None:
+            y_hat = cond.new_zeros(b, self.level.channels, h, w)
         indices = torch.zeros(b, self.level.groups, h, w, dtype=torch.long, device=cond.device)
         # Training codes nothing, so it needs no block boundaries to agree on: one block
         # keeps the kernel count of a step independent of the batch size.
@@ -121,17 +125,20 @@ class DQLatentCodec(nn.Module):
                     chosen[:, :, rows][:, :, mask] = choose(p, groups, logits, rows, mask, table)
                 if straight_through is not None:
                     all_logits.append((groups, rows, mask, logits))
-            if straight_through is not None:
-                values = self.quantizer.straight_through(
-                    straight_through[:, channels], chosen, groups
-                )
-            else:
-                values = self.quantizer.lookup(chosen, groups)
-            if straight_through is not None:  # autograd needs the earlier passes' y_hat
-                y_hat = y_hat.clone()
-            y_hat[:, channels] = torch.where(positions, values, y_hat[:, channels])
+            if y_hat is not None:
+                if straight_through is not None:
+                    values = self.quantizer.straight_through(
+                        straight_through[:, channels], chosen, groups
+                    )
+                    y_hat = y_hat.clone()  # autograd needs the earlier passes' y_hat
+                else:
+                    values = self.quantizer.lookup(chosen, groups)
+                y_hat[:, channels] = torch.where(positions, values, y_hat[:, channels])
             indices[:, groups] = torch.where(positions, chosen, indices[:, groups])
             model.record(s, groups, positions, chosen)
+        if y_hat is None:
+            del model  # the integer prior's maps go before the latent is made
+            y_hat = self.quantizer.lookup(indices)
         return y_hat, indices, all_logits
 
     def prior_trains(self) -> bool:

@@ -157,7 +157,7 @@ def planes(x: Tensor) -> list[tuple[Tensor, int]]:
     int8 x int8."""
     if x.dtype == torch.int8:
         return [(x, 0)]
-    high, low = _split(x.to(torch.int32))
+    high, low = _split(x)  # in int16: 15-bit values leave room for the +128
     return [(high.to(torch.int8), 8), (low.to(torch.int8), 0)]
 
 
@@ -238,6 +238,8 @@ class IntConv:
         rows, filled = max(1, ROWS_PER_BLOCK // max(1, b * out_w)), 0
         for r in range(0, out_h, rows):
             r_end = min(out_h, r + rows)
+            if at is not None and not bool(at[r:r_end].any()):
+                continue  # rows outside a band's centre (IntegerCodePrior.params)
             block = None
             for plane, offset in padded:
                 cols = self._columns(plane, r, r_end, out_w)

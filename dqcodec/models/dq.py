@@ -252,19 +252,26 @@ class DQModel(nn.Module):
         top = self.top.decompress(
             strings[0], ones, point, _integer_level(integer, True, ones, None)
         )
-        cond = self.condition_from_top(top["y_hat"], point)
+        if integer is None:
+            cond = self.condition_from_top(top["y_hat"], point)
+        else:  # the integer prior reads the top indices: the float features can wait
+            scale = self.config.top_stride // self.config.bottom_stride
+            cond = ones.new_empty(1, 0, shape[0] * scale, shape[1] * scale)
         bottom = self.bottom.decompress(
             strings[1], cond, point, _integer_level(integer, False, cond, top)
         )
         indices = {"top": top["indices"], "bottom": bottom["indices"]}
-        del top
-        y_hat = self._unscaled(bottom.pop("y_hat"), self._gain("bottom", point))
+        y_hat = bottom.pop("y_hat")
         channels = y_hat.shape[1]
         y = torch.empty(  # written in place: no concatenated copy to convert
-            1, channels + cond.shape[1], *y_hat.shape[2:], memory_format=torch.channels_last
+            1, channels + self.config.width, *y_hat.shape[2:], memory_format=torch.channels_last
         )
         y[:, :channels] = y_hat
-        y[:, channels:] = cond
+        del y_hat
+        gain = self._gain("bottom", point)
+        if gain is not None:
+            y[:, :channels].div_(gain)  # _unscaled, in place
+        y[:, channels:] = cond if integer is None else self.condition_from_top(top["y_hat"], point)
         return {"y": y, "indices": indices}
 
     @torch.no_grad()
