@@ -5,6 +5,7 @@ Run by hand (not part of the tests); it prints figures:
     python benchmarks/memory.py                       # 3840x2160 and 6000x4000, 1 round
     python benchmarks/memory.py --rounds 2 --variants old,new,new-tile16,new-bf16
     python benchmarks/memory.py --sizes 768x512 --variants old,new --rounds 3   # small images
+    python benchmarks/memory.py --variants new --rounds 2 --baseline ../dq-0.2.0   # vs 0.2.0
 
 Test images are one training photo (never Kodak) cropped to the aspect ratio and upscaled
 with LANCZOS, encoded once with the shipped default quality (as `dqcodec encode -q 5`) into
@@ -15,8 +16,8 @@ Python, torch, the model and its integer prior are loaded; a thread samples VmRS
 input, synthesis + pixels, PNG writing; the integer prior reads the top level's codes, so the
 float top_s runs after the bottom prior); `peak` is the child's VmHWM after the decode (the
 whole process), `png` its VmHWM after writing the PNG too. PSNR is against the upscaled
-original; `max|d|` is the largest pixel difference from the `old` variant's image of the same
-round.
+original; `max|d|` is the largest pixel difference from the `old` (or `baseline`) variant's
+image of the same round.
 
 Variants:
   old        the whole-image decode: nn.Sequential g_s per tile into a full float
@@ -28,12 +29,16 @@ Variants:
   new-bf16   new with the synthesis under CPU bf16 autocast (bf16 feature maps).
   new-mmapN  new with glibc's mmap threshold fixed at N KiB (mallopt) before decoding, so
              freed large blocks go back to the system instead of fragmenting the heap.
+  baseline   with --baseline DIR: `new` with the dqcodec of DIR, a checkout of an earlier
+             commit (`git worktree add DIR 96d1814` for release 0.2.0). When it runs, the
+             time ratio and max|d| are against it instead of `old`.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -171,9 +176,13 @@ def new_decode(codec, data: bytes, sampler: Sampler, tile: int = 32, bf16: bool 
         del model.top.decompress, model.bottom.decompress, model.condition_from_top
 
 
-def _decode_child(queue, variant: str, dq_path: str, png: str, out: str, threads: int) -> None:
+def _decode_child(
+    queue, variant: str, dq_path: str, png: str, out: str, threads: int, baseline: str
+) -> None:
     try:
         sampler = Sampler()
+        if variant == "baseline":
+            sys.path.insert(0, baseline)  # the earlier checkout's dqcodec
         import numpy as np
         import torch
         from PIL import Image
@@ -293,6 +302,12 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "dq-memory")
     ap.add_argument("--stages", action="store_true", help="print each stage's peak RSS")
     ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of an earlier commit: adds the variant `baseline`, decoded with its "
+        "dqcodec, and compares the others with it",
+    )
+    ap.add_argument(
         "--fixed-point",
         default="",
         help="e.g. 4,8: instead, PSNR with the activation after the second inverse GDN stored "
@@ -302,6 +317,9 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     photo = args.train_dir / args.photo
     variants = args.variants.split(",")
+    if args.baseline and "baseline" not in variants:
+        variants.insert(0, "baseline")
+    reference = "baseline" if "baseline" in variants else "old"
     print(f"photo {photo}; {args.threads} thread(s); {args.rounds} round(s); {args.workdir}")
     if args.fixed_point:
         size_text = args.sizes.split(",")[0]
@@ -327,12 +345,22 @@ def main() -> None:
             for v in order:
                 out = str(args.workdir / f"{size_text}-{v}")
                 runs[v].append(
-                    checked(in_child(_decode_child, v, str(dq), str(png), out, args.threads))
+                    checked(
+                        in_child(
+                            _decode_child,
+                            v,
+                            str(dq),
+                            str(png),
+                            out,
+                            args.threads,
+                            str(args.baseline.resolve()) if args.baseline else "",
+                        )
+                    )
                 )
-            if "old" in variants:
+            if reference in variants:
                 import numpy as np
 
-                ref = np.load(args.workdir / f"{size_text}-old.npy").astype(np.int16)
+                ref = np.load(args.workdir / f"{size_text}-{reference}.npy").astype(np.int16)
                 for v in variants:
                     got = np.load(args.workdir / f"{size_text}-{v}.npy").astype(np.int16)
                     runs[v][-1]["maxdiff"] = int(np.abs(got - ref).max())
@@ -340,14 +368,14 @@ def main() -> None:
         print(f"\n{size_text} ({dq.stat().st_size} B .dq); target peak {target} MB")
         print(
             f"{'variant':<13}{'base MB':>8}{'peak MB':>9}{'+png MB':>9}{'decode s':>10}"
-            f"{'vs old':>8}{'png s':>7}{'PSNR dB':>9}{'max|d|':>7}  target"
+            f"{'vs ' + reference[:4]:>8}{'png s':>7}{'PSNR dB':>9}{'max|d|':>7}  target"
         )
-        old_s = min(x["seconds"] for x in runs["old"]) if "old" in runs else None
+        ref_s = min(x["seconds"] for x in runs[reference]) if reference in runs else None
         for v in variants:
             best = min(runs[v], key=lambda x: x["seconds"])
             peak = max(x["peak"] for x in runs[v])
             png_peak = max(x["png_peak"] for x in runs[v])
-            ratio = f"{best['seconds'] / old_s:.2f}x" if old_s else "-"
+            ratio = f"{best['seconds'] / ref_s:.2f}x" if ref_s else "-"
             met = "-" if target is None else ("met" if max(peak, png_peak) <= target else "no")
             print(
                 f"{v:<13}{best['base']:>8.0f}{peak:>9.0f}{png_peak:>9.0f}{best['seconds']:>10.2f}"
