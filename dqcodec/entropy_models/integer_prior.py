@@ -51,6 +51,7 @@ EXP_RANGE = 24  # nats below the most likely code at which a weight becomes 0
 EXP_BITS = 26  # the most likely code weighs 2^26
 TOTAL_BITS = 24  # constriction's range coder: frequencies (+1 each) sum to 2^24
 BAND_POSITIONS = 1 << 14  # latent positions per band of `params` at large sizes
+BAND_ROWS_PER_REACH = 4  # and rows per row of reach: no band computes over 1.5x its rows
 INTEGER_PATH_VERSION = "1"  # bump when the derivation changes: it changes the model id
 
 EXP_TABLE = torch.from_numpy(
@@ -229,10 +230,10 @@ class IntegerCodePrior:
         either side: integer arithmetic makes every band's values exactly the whole map's,
         and the wide intermediate maps never exist at full size."""
         b, h, w = shared.shape[:3]
-        rows = max(1, BAND_POSITIONS // max(1, b * w))
+        reach = self.reach(s, anchors)
+        rows = max(1, BAND_ROWS_PER_REACH * reach, BAND_POSITIONS // max(1, b * w))
         if rows >= h:
             return self._params(s, shared, codes, anchors, positions)
-        reach = self.reach(s, anchors)
         bands = []
         for r in range(0, h, rows):
             r_end = min(h, r + rows)
