@@ -52,6 +52,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from dqcodec import zoo
+from dqcodec.codec import load_codec
+from dqcodec.container import DQFile
+from dqcodec.evaluation.datasets import list_images
+from dqcodec.evaluation.metrics import psnr
+from dqcodec.image_io import open_image, to_image
+from dqcodec.layers import GDN
+from dqcodec.models.tiling import tiled_synthesis
+from dqcodec.training.trainer import split_train_val
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO.parent / "shared" / "data" / "train"
 KODAK = REPO.parent / "shared" / "data" / "kodak"
@@ -60,8 +75,6 @@ LEVELS = (1, 5, 9)
 
 def binarize(pre):
     """(pre > 0) in the forward pass; the sigmoid's gradient in the backward pass."""
-    import torch
-
     hard = (pre > 0).to(pre.dtype)
     if not torch.is_grad_enabled():
         return hard
@@ -69,81 +82,74 @@ def binarize(pre):
     return hard + (soft - soft.detach())
 
 
-def make_layers():
-    import torch
-    import torch.nn as nn
+class FixedPoint(nn.Module):
+    """Plain fixed point: `bits`-bit uniform levels between the calibrated per-channel
+    min and max (values outside are clamped)."""
 
-    class FixedPoint(nn.Module):
-        """Plain fixed point: `bits`-bit uniform levels between the calibrated per-channel
-        min and max (values outside are clamped)."""
+    def __init__(self, lo, hi, bits: int):
+        super().__init__()
+        self.bits = bits
+        self.register_buffer("lo", lo.clone())
+        self.register_buffer("step", (hi - lo).clamp_min(1e-12) / (2**bits - 1))
 
-        def __init__(self, lo, hi, bits: int):
-            super().__init__()
-            self.bits = bits
-            self.register_buffer("lo", lo.clone())
-            self.register_buffer("step", (hi - lo).clamp_min(1e-12) / (2**bits - 1))
+    def forward(self, x):
+        q = ((x - self.lo) / self.step).round_().clamp_(0, 2**self.bits - 1)
+        return q.mul_(self.step).add_(self.lo)
 
-        def forward(self, x):
-            q = ((x - self.lo) / self.step).round_().clamp_(0, 2**self.bits - 1)
-            return q.mul_(self.step).add_(self.lo)
 
-    class GF2(nn.Module):
-        """B-bit fixed point -> B*C bits -> 1x1 conv + binarization to `reduced` stored bits
-        -> 1x1 conv + binarization to B*C bits -> fixed point."""
+class GF2(nn.Module):
+    """B-bit fixed point -> B*C bits -> 1x1 conv + binarization to `reduced` stored bits
+    -> 1x1 conv + binarization to B*C bits -> fixed point."""
 
-        def __init__(self, lo, hi, bits: int, reduced: int, scale=4.0, jitter=0.0):
-            super().__init__()
-            channels = lo.shape[1]
-            if reduced % channels or reduced // channels > bits:
-                raise ValueError(f"{reduced} stored bits is not k * {channels}, k <= {bits}")
-            self.bits, self.channels, self.reduced = bits, channels, reduced
-            self.register_buffer("lo", lo.clone())
-            self.register_buffer("step", (hi - lo).clamp_min(1e-12) / (2**bits - 1))
-            self.register_buffer("shifts", torch.arange(bits - 1, -1, -1).view(1, 1, bits, 1, 1))
-            self.register_buffer("weights", (2.0**self.shifts).float())
-            self.compress = nn.Conv2d(bits * channels, reduced, 1)
-            self.expand = nn.Conv2d(reduced, bits * channels, 1)
-            keep = reduced // channels
-            with torch.no_grad():  # plain fixed point at `keep` bits, dropped bits mid-interval
-                self.compress.weight.zero_()
-                self.compress.bias.zero_()
-                self.expand.weight.zero_()
-                self.expand.bias.fill_(-scale / 2)
-                for c in range(channels):
-                    for j in range(keep):
-                        self.compress.weight[c * keep + j, c * bits + j] = scale / 2
-                        self.expand.weight[c * bits + j, c * keep + j] = scale / 2
-                        self.expand.bias[c * bits + j] = 0
-                    if keep < bits:
-                        self.expand.bias[c * bits + keep] = scale / 2
-                # spread the pre-activations, which the above puts all at +-scale/2, so that
-                # a step flips some positions' bits rather than none or all
-                self.compress.weight.add_(torch.randn_like(self.compress.weight) * jitter)
-                self.expand.weight.add_(torch.randn_like(self.expand.weight) * jitter)
+    def __init__(self, lo, hi, bits: int, reduced: int, scale=4.0, jitter=0.0):
+        super().__init__()
+        channels = lo.shape[1]
+        if reduced % channels or reduced // channels > bits:
+            raise ValueError(f"{reduced} stored bits is not k * {channels}, k <= {bits}")
+        self.bits, self.channels, self.reduced = bits, channels, reduced
+        self.register_buffer("lo", lo.clone())
+        self.register_buffer("step", (hi - lo).clamp_min(1e-12) / (2**bits - 1))
+        self.register_buffer("shifts", torch.arange(bits - 1, -1, -1).view(1, 1, bits, 1, 1))
+        self.register_buffer("weights", (2.0**self.shifts).float())
+        self.compress = nn.Conv2d(bits * channels, reduced, 1)
+        self.expand = nn.Conv2d(reduced, bits * channels, 1)
+        keep = reduced // channels
+        with torch.no_grad():  # plain fixed point at `keep` bits, dropped bits mid-interval
+            self.compress.weight.zero_()
+            self.compress.bias.zero_()
+            self.expand.weight.zero_()
+            self.expand.bias.fill_(-scale / 2)
+            for c in range(channels):
+                for j in range(keep):
+                    self.compress.weight[c * keep + j, c * bits + j] = scale / 2
+                    self.expand.weight[c * bits + j, c * keep + j] = scale / 2
+                    self.expand.bias[c * bits + j] = 0
+                if keep < bits:
+                    self.expand.bias[c * bits + keep] = scale / 2
+            # spread the pre-activations, which the above puts all at +-scale/2, so that
+            # a step flips some positions' bits rather than none or all
+            self.compress.weight.add_(torch.randn_like(self.compress.weight) * jitter)
+            self.expand.weight.add_(torch.randn_like(self.expand.weight) * jitter)
 
-        def to_bits(self, x):
-            n, c, h, w = x.shape
-            q = ((x - self.lo) / self.step).round().clamp_(0, 2**self.bits - 1).to(torch.int32)
-            bits = (q.unsqueeze(2) >> self.shifts) & 1  # (N, C, B, H, W), MSB first
-            return bits.to(x.dtype).reshape(n, c * self.bits, h, w)
+    def to_bits(self, x):
+        n, c, h, w = x.shape
+        q = ((x - self.lo) / self.step).round().clamp_(0, 2**self.bits - 1).to(torch.int32)
+        bits = (q.unsqueeze(2) >> self.shifts) & 1  # (N, C, B, H, W), MSB first
+        return bits.to(x.dtype).reshape(n, c * self.bits, h, w)
 
-        def stored(self, x):
-            """The C~ bits per position that would be kept in memory (0/1 floats)."""
-            return binarize(self.compress(self.to_bits(x).mul_(2).sub_(1)))
+    def stored(self, x):
+        """The C~ bits per position that would be kept in memory (0/1 floats)."""
+        return binarize(self.compress(self.to_bits(x).mul_(2).sub_(1)))
 
-        def forward(self, x):
-            n, _, h, w = x.shape
-            out = binarize(self.expand(self.stored(x) * 2 - 1))
-            code = (out.view(n, self.channels, self.bits, h, w) * self.weights).sum(2)
-            return code.mul_(self.step).add_(self.lo)
-
-    return FixedPoint, GF2
+    def forward(self, x):
+        n, _, h, w = x.shape
+        out = binarize(self.expand(self.stored(x) * 2 - 1))
+        code = (out.view(n, self.channels, self.bits, h, w) * self.weights).sum(2)
+        return code.mul_(self.step).add_(self.lo)
 
 
 def run_layers(model, x, start: int, stop: int, inplace: bool):
     """g_s layers start..stop-1 on x (in-place GDNs when `inplace`: x must be disposable)."""
-    from dqcodec.layers import GDN
-
     for layer in list(model.g_s)[start:stop]:
         x = layer.forward_(x) if inplace and isinstance(layer, GDN) else layer(x)
     return x
@@ -151,20 +157,21 @@ def run_layers(model, x, start: int, stop: int, inplace: bool):
 
 def synthesise(model, y, index: int | None, insert):
     """model.synthesise_inplace(y) with `insert` applied after layer `index` (None: none)."""
-    x = run_layers(model, y, 0, index + 1, True) if index is not None else y
-    if index is not None and insert is not None:
-        x = insert(x)
+    if index is None:
+        return synthesis_tail(model, y, y, None)
+    x = run_layers(model, y, 0, index + 1, True)
+    return synthesis_tail(model, x if insert is None else insert(x), y, index)
+
+
+def synthesis_tail(model, x, y, index: int | None):
+    """The g_s layers after `index` (all of them for None) on x, plus y's linear skip."""
     x = run_layers(model, x, 0 if index is None else index + 1, len(model.g_s), True)
-    if model.config.linear_skip:
-        x = x.add_(model.skip_s(y))
-    return x
+    return x.add_(model.skip_s(y)) if model.config.linear_skip else x
 
 
 def assigned_latent(model, x, point: int, rate_weight):
     """The synthesis input for images x without the encoder search or range coding: the
     analysis features, the level's code assignment, the decoded codes."""
-    import torch
-
     points = model._points(x.shape[0], point, x.device)
     h = model.analyse(x)
     levels = model._through_levels(
@@ -179,10 +186,6 @@ def assigned_latent(model, x, point: int, rate_weight):
 def collect(codecs, photos, crops: int, size: int, batch: int, inserts, seed: int) -> dict:
     """Training features at each insertion point, and the frozen decoder's output, of `crops`
     random crops shared out among the codecs' rate points (one weights file)."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
     rng = random.Random(seed)
     model = codecs[0].model
     feats = {i: [] for i in inserts}
@@ -225,8 +228,6 @@ def train(model, layer, feats, target, skip, index, steps, batch, lr, seed, chec
     Every `check` steps the MSE of the first 32 pool crops is measured and the layer keeps
     the parameters with the lowest (the start included). Returns (seconds, that MSE at the
     start, the lowest, its step)."""
-    import torch
-
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(layer.parameters(), lr=lr)
     tail = list(model.g_s)[index + 1 :]
@@ -272,21 +273,13 @@ def train(model, layer, feats, target, skip, index, steps, batch, lr, seed, chec
     return seconds, before, best, best_step
 
 
-def psnr(x_hat, original, height: int, width: int) -> float:
-    import numpy as np
-
-    pixels = (x_hat[0, :, :height, :width].clamp(0, 1) * 255).round()
-    mse = (pixels.permute(1, 2, 0).double() - original).pow(2).mean().item()
-    return 10 * np.log10(255.0**2 / mse)
+def decoded_psnr(x_hat, original) -> float:
+    """PSNR of the synthesis output as dqcodec writes it (8-bit pixels) against `original`."""
+    return psnr(to_image(x_hat[..., : original.height, : original.width]), original)
 
 
 def decoded_latent(codec, level: int, path: Path, cache: Path):
     """The synthesis input decoding sees for `path` coded at `level` (cached in `cache`)."""
-    import torch
-
-    from dqcodec.container import DQFile
-    from dqcodec.image_io import open_image
-
     file = cache / f"{path.parent.name}-{path.stem}-q{level}.pt"
     if file.exists():
         return torch.load(file)
@@ -324,19 +317,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    import numpy as np
-    import torch
-
-    from dqcodec import zoo
-    from dqcodec.codec import load_codec
-    from dqcodec.evaluation.datasets import list_images
-    from dqcodec.image_io import open_image
-    from dqcodec.models.tiling import tiled_synthesis
-    from dqcodec.training.trainer import split_train_val
-
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    FixedPoint, GF2 = make_layers()
     inserts = [int(i) for i in args.insert.split(",")]
     plain_bits = [int(b) for b in args.plain.split(",")]
     gf2_specs = [(int(b), float(r)) for b, r in (s.split(":") for s in args.gf2.split(","))]
@@ -414,19 +396,15 @@ def main() -> None:
                 paths = paths[::3]
             for path in paths:
                 y = decoded_latent(codec, level, path, cache)
-                image = open_image(path).convert("RGB")
-                original = torch.from_numpy(np.asarray(image).copy()).double()
-                size = (image.height, image.width)
+                original = open_image(path).convert("RGB")
                 with torch.inference_mode():
-                    ref = psnr(synthesise(model, y.clone(), None, None), original, *size)
+                    ref = decoded_psnr(synthesise(model, y.clone(), None, None), original)
                     reference.setdefault((set_name, level), []).append(ref)
                     for index in inserts:
                         feats = run_layers(model, y.clone(), 0, index + 1, True)
                         for name, (layer, _) in layers[(weights, index)].items():
-                            x = run_layers(model, layer(feats), index + 1, len(model.g_s), True)
-                            if model.config.linear_skip:
-                                x = x.add_(model.skip_s(y))
-                            got = psnr(x, original, *size)
+                            x_hat = synthesis_tail(model, layer(feats), y, index)
+                            got = decoded_psnr(x_hat, original)
                             deltas.setdefault((set_name, level, index, name), []).append(got - ref)
     print(f"\nevaluation (coding included) {time.perf_counter() - t0:.0f} s")
     for (set_name, level), values in reference.items():

@@ -47,21 +47,17 @@ def entropy_bits(symbols: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def measure(level: int, crops: torch.Tensor) -> dict:
-    codec = load_codec(level)
-    model, point = codec.model, codec.rate_point
+def encoded(model, point: int, crops: torch.Tensor, rate_weight: float | None = None) -> dict:
+    """The crops coded at one rate point with the analysis transform's features (effort 0):
+    the points "point" (B,), the bottom latent "z", its codes' latent "y_hat", the top
+    level's conditioning "cond", the codes "indices" and their bits under the prior "bits"."""
     p = model._points(crops.shape[0], point, crops.device)
-    features = model.analyse(crops)
     levels = model._through_levels(
-        features,
+        model.analyse(crops),
         p,
-        lambda lv, latent, cond, above: lv.assign_straight_through(
-            latent, cond, p, codec.rate_weight
-        ),
+        lambda lv, latent, cond, above: lv.assign_straight_through(latent, cond, p, rate_weight),
     )
-    gain = model._gain("bottom", p)
     cond = levels["cond"]
-    z, y_hat = levels["latents"]["bottom"], levels["bottom"]["y_hat"]
     bits = sum(
         float(lv.information(levels[name]["indices"], c, p))
         for name, lv, c in (
@@ -69,6 +65,23 @@ def measure(level: int, crops: torch.Tensor) -> dict:
             ("bottom", model.bottom, cond),
         )
     )
+    return {
+        "point": p,
+        "z": levels["latents"]["bottom"],
+        "y_hat": levels["bottom"]["y_hat"],
+        "cond": cond,
+        "indices": levels["bottom"]["indices"],
+        "bits": bits,
+    }
+
+
+@torch.no_grad()
+def measure(level: int, crops: torch.Tensor) -> dict:
+    codec = load_codec(level)
+    model = codec.model
+    codes = encoded(model, codec.rate_point, crops, codec.rate_weight)
+    gain = model._gain("bottom", codes["point"])
+    cond, z, y_hat, bits = codes["cond"], codes["z"], codes["y_hat"], codes["bits"]
     pixels = crops.shape[0] * crops.shape[2] * crops.shape[3]
 
     def image(latent):
@@ -79,8 +92,7 @@ def measure(level: int, crops: torch.Tensor) -> dict:
     vectors = model.bottom.quantizer.split(z)  # (B, G, H, W, d)
     outside = (vectors < low[None, :, None, None]) | (vectors > high[None, :, None, None])
     used = [
-        len(torch.unique(levels["bottom"]["indices"][:, g])) / books.shape[1]
-        for g in range(books.shape[0])
+        len(torch.unique(codes["indices"][:, g])) / books.shape[1] for g in range(books.shape[0])
     ]
     row = {
         "level": level,

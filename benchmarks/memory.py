@@ -80,19 +80,10 @@ class Sampler:
 
 
 def make_image(photo: Path, size: tuple[int, int], out: Path) -> None:
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     with Image.open(photo) as im:
-        src = im.convert("RGB")
-    w, h = size
-    sw, sh = src.size
-    if sw * h > sh * w:
-        cw = round(sh * w / h)
-        box = ((sw - cw) // 2, 0, (sw - cw) // 2 + cw, sh)
-    else:
-        ch = round(sw * h / w)
-        box = (0, (sh - ch) // 2, sw, (sh - ch) // 2 + ch)
-    src.crop(box).resize(size, Image.LANCZOS).save(out)
+        ImageOps.fit(im.convert("RGB"), size, method=Image.Resampling.LANCZOS).save(out)
 
 
 def _encode_child(queue, png: str, dq: str, threads: int) -> None:

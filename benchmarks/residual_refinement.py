@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from compressai.entropy_models import GaussianConditional
-from high_rate_ceiling import centre_crops, measure, psnr
+from high_rate_ceiling import centre_crops, encoded, measure, psnr
 from torch import Tensor
 
 from dqcodec import zoo
@@ -66,7 +66,6 @@ from dqcodec.training.trainer import (
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_DATA = REPO.parent / "shared" / "data" / "train"
 MODEL_LEVEL = 9  # the shipped level whose weights file is dq-vr
-FIRST_LEVEL_POINT = 3  # level = rate point + 3 for dq-vr's levels 4..9
 # The bottom codebooks span about 13 scaled units (|code| <= 6.7): q stays 0 until |r| > 32.
 INIT_STEP = 64.0
 INIT_SCALE = 0.25  # the Gaussian's starting scale of r (q's is that over the step)
@@ -127,35 +126,19 @@ def new_refinement(model: DQModel, upper: list[int]) -> ResidualRefinement:
     return ResidualRefinement(config.rate_points, upper, config.bottom.channels, config.width)
 
 
+def shipped_level(point: int) -> int | None:
+    """The quality level that codes with dq-vr's rate point `point`, if one does."""
+    weights = zoo.shipped_models()[MODEL_LEVEL].weights
+    levels = {m.rate_point: q for q, m in zoo.shipped_models().items() if m.weights == weights}
+    return levels.get(point)
+
+
 def level_name(point: int) -> str:
-    level = point + FIRST_LEVEL_POINT
-    return str(level) if 4 <= level <= 9 else "-"
+    level = shipped_level(point)
+    return "-" if level is None else str(level)
 
 
 # --- measurement -------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def encoded(model: DQModel, point: int, crops: Tensor) -> dict:
-    """What high_rate_ceiling.measure codes at one point (effort 0, the trained assignment
-    strength): bottom latent z, its codes' latent y_hat, the conditioning, the DQ codes' bits."""
-    p = model._points(crops.shape[0], point, crops.device)
-    levels = model._through_levels(
-        model.analyse(crops),
-        p,
-        lambda lv, latent, cond, above: lv.assign_straight_through(latent, cond, p),
-    )
-    cond = levels["cond"]
-    top = model._unconditioned(levels["latents"]["top"])
-    bits = float(model.top.information(levels["top"]["indices"], top, p))
-    bits += float(model.bottom.information(levels["bottom"]["indices"], cond, p))
-    return {
-        "point": p,
-        "z": levels["latents"]["bottom"],
-        "y_hat": levels["bottom"]["y_hat"],
-        "cond": cond,
-        "bits": bits,
-    }
 
 
 @torch.no_grad()
@@ -403,8 +386,8 @@ def check_before(model: DQModel, rows: dict, crops: Tensor, upper: list[int]) ->
     """The shipped levels through high_rate_ceiling.measure: the same figures as `rows`."""
     print("\nhigh_rate_ceiling.measure of the shipped levels (must equal the rows above)")
     for point in upper:
-        level = point + FIRST_LEVEL_POINT
-        if level > 9:
+        level = shipped_level(point)
+        if level is None:
             continue
         ref = measure(level, crops)
         ours = rows[point]

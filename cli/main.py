@@ -761,8 +761,6 @@ def burst(data, minutes, output, run, init, crop, batch, device, force):
     file ready to evaluate. Refit its prior afterwards with fit-prior."""
     from dqcodec.training.burst import BurstRecipe
     from dqcodec.training.burst import burst as run_burst
-    from dqcodec.training.trainer import model_from_checkpoint
-    from dqcodec.zoo import save_model
 
     check_output(data, output, force)
     run = run or output.with_suffix(".run")
@@ -775,8 +773,7 @@ def burst(data, minutes, output, run, init, crop, batch, device, force):
         recipe=BurstRecipe(crop=crop, batch=batch),
         log=lambda m: click.echo(m, err=True),
     )
-    model = model_from_checkpoint(kept)
-    write_atomic(output, lambda tmp: save_model(model, tmp, "fp16"))
+    export_checkpoint(kept, output, "fp16")
     click.echo(f"{kept} -> {output}")
 
 
@@ -794,13 +791,18 @@ def burst(data, minutes, output, run, init, crop, batch, device, force):
 @user_errors
 def export(checkpoint, output, force, precision):
     """Turn a training checkpoint into a shippable safetensors model."""
+    check_output(checkpoint, output, force)
+    export_checkpoint(checkpoint, output, precision)
+    click.echo(f"{checkpoint} -> {output}")
+
+
+def export_checkpoint(checkpoint: Path, output: Path, precision: str) -> None:
+    """A training checkpoint's model, written to `output` as a model file (atomically)."""
     from dqcodec.training.trainer import model_from_checkpoint
     from dqcodec.zoo import save_model
 
-    check_output(checkpoint, output, force)
     model = model_from_checkpoint(checkpoint)
     write_atomic(output, lambda tmp: save_model(model, tmp, precision))
-    click.echo(f"{checkpoint} -> {output}")
 
 
 @main.command()

@@ -74,7 +74,7 @@ class DQLatentCodec(nn.Module):
 
     def _run_passes(
         self,
-        cond: Tensor,
+        cond: Tensor | None,
         point: Tensor,
         choose: Chooser,
         straight_through: Tensor | None = None,
@@ -85,8 +85,13 @@ class DQLatentCodec(nn.Module):
         logits only at the positions it codes (half of a checkerboard). With `integer`
         (the integer prior and its int8 conditioning) the integer prior makes the
         probabilities; otherwise the float prior does. A frozen prior (no parameter that
-        requires a gradient) computes its logits outside the autograd graph."""
-        b, _, h, w = cond.shape
+        requires a gradient) computes its logits outside the autograd graph. `cond`, the
+        float conditioning, may be None where the integer prior codes: its own int8
+        conditioning (B, H, W, C) gives the latent's shape."""
+        if cond is not None:
+            (b, _, h, w), device = cond.shape, cond.device
+        else:
+            (b, h, w, _), device = integer[1].shape, integer[1].device
         prior_graph = (
             torch.no_grad()
             if straight_through is not None and not self.prior_trains()
@@ -98,13 +103,13 @@ class DQLatentCodec(nn.Module):
                 if integer is not None
                 else FloatPasses(self.prior, cond, point, self.quantizer.codebooks)
             )
-        anchors = checkerboard(h, w, cond.device)
+        anchors = checkerboard(h, w, device)
         # The integer prior reads its own int8 codes: without training, y_hat is only the
         # result, made once from the indices at the end (a full-size map less while coding).
         y_hat = None
         if integer is None or straight_through is not None:
-            y_hat = cond.new_zeros(b, self.level.channels, h, w)
-        indices = torch.zeros(b, self.level.groups, h, w, dtype=torch.long, device=cond.device)
+            y_hat = torch.zeros(b, self.level.channels, h, w, device=device)
+        indices = torch.zeros(b, self.level.groups, h, w, dtype=torch.long, device=device)
         # Training codes nothing, so it needs no block boundaries to agree on: one block
         # keeps the kernel count of a step independent of the batch size.
         blocks = [slice(0, h)] if straight_through is not None else self._row_blocks(b, h, w)
@@ -120,7 +125,7 @@ class DQLatentCodec(nn.Module):
             chosen = torch.zeros_like(indices[:, groups])
             for rows in blocks:
                 mask = positions[rows]
-                with torch.autocast(cond.device.type, enabled=False), prior_graph:  # fp32
+                with torch.autocast(device.type, enabled=False), prior_graph:  # fp32
                     logits, table = model.logits(s, params, rows, mask)
                     chosen[:, :, rows][:, :, mask] = choose(p, groups, logits, rows, mask, table)
                 if straight_through is not None:
@@ -265,10 +270,11 @@ class DQLatentCodec(nn.Module):
     def decompress(
         self,
         string: bytes,
-        cond: Tensor,
+        cond: Tensor | None,
         point: Tensor,
         integer: tuple[IntegerCodePrior, Tensor] | None = None,
     ) -> dict:
+        """cond: the float conditioning; None where `integer` codes, which needs only its own."""
         decoder = IndexDecoder(string)
 
         def choose(

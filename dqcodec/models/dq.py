@@ -252,11 +252,9 @@ class DQModel(nn.Module):
         top = self.top.decompress(
             strings[0], ones, point, _integer_level(integer, True, ones, None)
         )
-        if integer is None:
-            cond = self.condition_from_top(top["y_hat"], point)
-        else:  # the integer prior reads the top indices: the float features can wait
-            scale = self.config.top_stride // self.config.bottom_stride
-            cond = ones.new_empty(1, 0, shape[0] * scale, shape[1] * scale)
+        # the integer prior reads the top level's indices: the float features wait for the
+        # synthesis, so that they are not held while the bottom level decodes
+        cond = self.condition_from_top(top["y_hat"], point) if integer is None else None
         bottom = self.bottom.decompress(
             strings[1], cond, point, _integer_level(integer, False, cond, top)
         )
@@ -271,7 +269,7 @@ class DQModel(nn.Module):
         gain = self._gain("bottom", point)
         if gain is not None:
             y[:, :channels].div_(gain)  # _unscaled, in place
-        y[:, channels:] = cond if integer is None else self.condition_from_top(top["y_hat"], point)
+        y[:, channels:] = cond if cond is not None else self.condition_from_top(top["y_hat"], point)
         return {"y": y, "indices": indices}
 
     @torch.no_grad()
