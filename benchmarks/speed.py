@@ -17,7 +17,8 @@ from /proc/self/status: its `ru_maxrss` (also saved in the JSON) starts at the p
 peak, which the kernel carries over fork and exec, so it would report this process's size.
 
 Codecs:
-  dqcodec     `Codec.encode_image` / `Codec.decode` (pixels <-> .dq bytes), with --model FILE,
+  dqcodec     `Codec.encode_image` / `Codec.decode` (pixels <-> .dq bytes; decoding runs the
+              NumPy decoder, numpy_decoder/), with --model FILE,
               else the shipped default model, else a random-weight `DQModel()` (said so);
               --effort N times the encoder search (dqcodec encode --effort N).
   dqcodec-float  the same model with the float prior (format version 1 files): what the
@@ -162,11 +163,9 @@ def _child(
     queue, what: str, name: str, model_path: str | None, threads: int, arg, effort: int
 ) -> None:
     try:
-        import torch
+        from dqcodec.runtime import use_threads
 
-        from dqcodec.runtime import thread_count
-
-        torch.set_num_threads(thread_count(threads))  # as a dqcodec command would
+        use_threads(threads)  # as a dqcodec command does: before NumPy and torch load
         codec = make_codec(name, model_path, effort)
         base = peak_mb()
         t0 = time.perf_counter()
@@ -352,11 +351,9 @@ def _timing_child(
     queue, name: str, model_path: str | None, threads: int, image, runs: int, effort: int
 ) -> None:
     try:
-        import torch
+        from dqcodec.runtime import use_threads
 
-        from dqcodec.runtime import thread_count
-
-        torch.set_num_threads(thread_count(threads))  # as a dqcodec command would
+        use_threads(threads)  # as a dqcodec command does: before NumPy and torch load
         codec = make_codec(name, model_path, effort)
         decoded = codec.decode(codec.encode(image))  # warm-up
         if decoded.size != image.size:

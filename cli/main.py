@@ -248,7 +248,7 @@ def encode(inputs, output, outdir, quality, model, rate_point, effort, force):
 def decode(inputs, output, outdir, model, force, max_pixels):
     """Decompress .dq files to images. An input of - reads stdin. Exit status: 0 when every
     file was written, 1 when one failed, 2 for a usage error."""
-    from dqcodec.codec import codec_for_file
+    from dqcodec.decoding import decoder_for_file
     from dqcodec.image_io import save_format
 
     outputs = output_paths(inputs, output, outdir, ".png")
@@ -258,7 +258,7 @@ def decode(inputs, output, outdir, model, force, max_pixels):
             check_output(src, dst, force)
         fmt = "PNG" if dst == STDIO else save_format(dst)
         data = read_bytes(src)
-        image = codec_for_file(data, model).decode(data, max_pixels=max_pixels)
+        image = decoder_for_file(data, model).decode(data, max_pixels=max_pixels)
         if dst == STDIO:
             to_stdout(lambda out: image.save(out, format=fmt))
         else:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from PIL import Image
 
-from dqcodec.codec import Codec, codec_for_file, load_codec
-from dqcodec.options import DEFAULT_EFFORT
+from dqcodec.options import DEFAULT_EFFORT, DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from dqcodec.codec import Codec
 
 ImageInput = Image.Image | str | os.PathLike
 DQInput = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO
@@ -17,6 +19,8 @@ DQInput = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO
 
 def load_model(quality: int | None = None, path: str | Path | None = None) -> Codec:
     """A shipped model by quality level (default: the middle one), or a model file."""
+    from dqcodec.codec import load_codec
+
     return load_codec(quality, path)
 
 
@@ -37,13 +41,20 @@ def encode(
                 else ""
             )
         )
+    from dqcodec.codec import load_codec
+
     return load_codec(quality, model).encode(image, effort)
 
 
-def decode(data: DQInput, model: str | Path | None = None) -> Image.Image:
-    """data: the bytes of a .dq file, its path, or a binary file object open for reading."""
+def decode(
+    data: DQInput, model: str | Path | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """data: the bytes of a .dq file, its path, or a binary file object open for reading.
+    Decoding needs NumPy alone (no torch) for every file dqcodec writes."""
+    from dqcodec.decoding import decoder_for_file
+
     data = _read(data)
-    return codec_for_file(data, model).decode(data)
+    return decoder_for_file(data, model).decode(data, max_pixels)
 
 
 def _read(data: DQInput) -> bytes:

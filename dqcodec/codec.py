@@ -18,13 +18,19 @@ from dqcodec.entropy_models.integer_prior import (
     DEFAULT_POLICY,
     IntegerModel,
     Policy,
-    derive,
     integer_id,
 )
 from dqcodec.errors import DQError
 from dqcodec.image_io import open_image, split_alpha, to_image, to_tensor
 from dqcodec.models.dq import DQModel, pad_to_stride
 from dqcodec.models.encoder_search import DEFAULT_EFFORT, encoder_features
+from dqcodec.numpy_decoder.decoder import (
+    Decoder,
+    alpha_plane,
+    index_checksum,
+    latent_shape,
+    with_mode,
+)
 from dqcodec.options import DEFAULT_MAX_PIXELS
 
 # Files of format version 1 were coded with the float prior, whose results depend on the
@@ -40,13 +46,6 @@ def fixed_threads(count: int = FLOAT_PRIOR_THREADS):
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def index_checksum(*indices: torch.Tensor) -> int:
-    crc = 0
-    for idx in indices:
-        crc = zlib.crc32(idx.to(torch.int16).numpy().tobytes(), crc)
-    return crc
 
 
 @dataclass
@@ -87,7 +86,6 @@ class Codec:
         self.float_model_id = zoo.model_id(model)  # what files of format version 1 name
         self._calibration = calibration
         self.policy = policy
-        self._integer: dict[int, IntegerModel] = {}
         # a Codec never trains its model: frozen weights let the encoder search compute
         # gradients to the features alone (layers.FrozenGDN)
         self.model = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
@@ -113,9 +111,7 @@ class Codec:
         return integer_id(self.float_model_id, self.calibration, self.policy)
 
     def integer_model(self, point: int) -> IntegerModel:
-        if point not in self._integer:
-            self._integer[point] = derive(self.model, point, self.calibration, self.policy)
-        return self._integer[point]
+        return self.decoder.integer_model(point)
 
     @property
     def setting(self) -> str:
@@ -173,59 +169,46 @@ class Codec:
             image = open_image(image)
         return self.encode_image(image, effort).data
 
-    @torch.inference_mode()
+    @cached_property
+    def decoder(self) -> Decoder:
+        """The NumPy decoder of this codec's files (format version 2)."""
+        weights = {k: v.numpy() for k, v in self.model.state_dict().items()}
+        return Decoder(self.model.config, weights, self.calibration, self.policy)
+
     def decode(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
         dq = DQFile.from_bytes(data)
-        self.check_compatible(dq)
-        shape = (-(-dq.height // self.stride), -(-dq.width // self.stride))
-        padded = shape[0] * shape[1] * self.stride**2  # what the model really decodes
-        if padded > max_pixels:
-            raise DQError(
-                f"image is {dq.width}x{dq.height} ({padded} pixels once padded), over "
-                f"the limit of {max_pixels} pixels (raise it with --max-pixels)"
-            )
-        alpha = alpha_plane(dq)
-        # the synthesis writes each tile's 8-bit pixels straight into the image: no
-        # full-size float image is held (docs/performance.md, "Memory of large images")
-        rgb = TileWriter(dq.width, dq.height)
-        try:
-            if dq.version == 1:
-                with fixed_threads():
-                    out = self.model.decompress(
-                        [dq.top, dq.bottom], shape, dq.rate_point, write=rgb
-                    )
-            else:
-                out = self.model.decompress(
-                    [dq.top, dq.bottom],
-                    shape,
-                    dq.rate_point,
-                    integer=self.integer_model(dq.rate_point),
-                    write=rgb,
-                )
-        except (ValueError, RuntimeError) as exc:
-            raise DQError(f"cannot decode the .dq payload ({exc})") from None
-        if index_checksum(out["indices"]["top"], out["indices"]["bottom"]) != dq.index_crc:
-            raise DQError("decoding went out of sync with the encoder (index checksum mismatch)")
-        image = rgb.image.convert("L") if dq.mode in ("L", "LA") else rgb.image
-        if alpha is not None:
-            image = image.convert("RGBA" if dq.mode == "RGBA" else "LA")
-            image.putalpha(alpha)
-        return image
+        if dq.version > 1:
+            if self.policy is None:
+                raise DQError("this codec has no integer prior; files of format version 2 need one")
+            return self.decoder.decode(data, max_pixels)
+        return self.decode_float_prior(dq, max_pixels)
 
-    def check_compatible(self, dq: DQFile) -> None:
-        expected = self.float_model_id if dq.version == 1 else self.model_id
-        if dq.version > 1 and self.policy is None:
-            raise DQError("this codec has no integer prior; files of format version 2 need one")
-        if dq.model_id != expected:
+    @torch.inference_mode()
+    def decode_float_prior(self, dq: DQFile, max_pixels: int) -> Image.Image:
+        """Files of format version 1, with the float prior and the thread count it needs."""
+        if dq.model_id != self.float_model_id:
             raise DQError(
                 f"file was encoded with model {dq.model_id.hex()} (quality {dq.quality}), "
-                f"not with this one ({expected.hex()}); pass the matching --model"
+                f"not with this one ({self.float_model_id.hex()}); pass the matching --model"
             )
         if dq.rate_point >= self.model.config.rate_points:
             raise DQError(
                 f"corrupt .dq header: rate point {dq.rate_point}, but the model has "
                 f"{self.model.config.rate_points}"
             )
+        shape = latent_shape(dq, self.stride, max_pixels)
+        alpha = alpha_plane(dq)
+        # the synthesis writes each tile's 8-bit pixels straight into the image: no
+        # full-size float image is held (docs/performance.md, "Memory of large images")
+        rgb = TileWriter(dq.width, dq.height)
+        try:
+            with fixed_threads():
+                out = self.model.decompress([dq.top, dq.bottom], shape, dq.rate_point, write=rgb)
+        except (ValueError, RuntimeError) as exc:
+            raise DQError(f"cannot decode the .dq payload ({exc})") from None
+        if index_checksum(out["indices"]["top"], out["indices"]["bottom"]) != dq.index_crc:
+            raise DQError("decoding went out of sync with the encoder (index checksum mismatch)")
+        return with_mode(rgb.image, dq.mode, alpha)
 
 
 class TileWriter:
@@ -250,25 +233,6 @@ class TileWriter:
         if rows <= 0 or cols <= 0:  # a tile of the padding alone
             return
         self.image.paste(to_image(core[:, :, :rows, :cols]), (left, top))
-
-
-def alpha_plane(dq: DQFile) -> Image.Image | None:
-    """The lossless alpha plane, inflated no further than the image can hold (zlib bombs)."""
-    if dq.mode not in ("RGBA", "LA"):
-        return None
-    size = dq.width * dq.height
-    inflater = zlib.decompressobj()
-    try:
-        plane = inflater.decompress(dq.alpha, size + 1)
-    except zlib.error:
-        raise DQError("corrupt alpha plane in .dq file") from None
-    if len(plane) > size:
-        raise DQError("corrupt alpha plane in .dq file (wrong size)")
-    if not inflater.eof or inflater.unused_data:
-        raise DQError("corrupt alpha plane in .dq file")
-    if len(plane) != size:
-        raise DQError("corrupt alpha plane in .dq file (wrong size)")
-    return Image.frombytes("L", (dq.width, dq.height), plane)
 
 
 @lru_cache(maxsize=8)

@@ -1,30 +1,40 @@
-"""Image reading and writing (Pillow), and conversion to and from model tensors."""
+"""Image reading and writing (Pillow), and conversion to and from model tensors (torch
+loads only when a tensor is made)."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
-from torch import Tensor
 
 from dqcodec.errors import DQError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 def to_tensor(image: Image.Image) -> Tensor:
     """8-bit RGB PIL image -> (1, 3, H, W) float in [0, 1]."""
+    import torch
+
     array = np.asarray(image.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float() / 255.0
 
 
+def to_pixels(x: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float32 in [0, 1] -> uint8 (clamp, round half to even)."""
+    return np.rint(np.clip(x, 0, 1) * np.float32(255.0)).astype(np.uint8)
+
+
 def to_image(x: Tensor) -> Image.Image:
-    """(1, 3, H, W) float in [0, 1] -> 8-bit RGB PIL image (round half to even, clamp)."""
-    array = (x[0].clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(np.ascontiguousarray(array), "RGB")
+    """(1, 3, H, W) float32 in [0, 1] -> 8-bit RGB PIL image (to_pixels)."""
+    pixels = to_pixels(x[0].detach().permute(1, 2, 0).numpy())
+    return Image.fromarray(np.ascontiguousarray(pixels), "RGB")
 
 
 class ImageError(DQError):

@@ -46,12 +46,12 @@ class DQDecoder(ImageFile.PyDecoder):
     _pulls_fd = True  # no data is fed: the file was already read
 
     def decode(self, buffer):
-        from dqcodec.codec import codec_for_file
+        from dqcodec.decoding import decoder_for_file
 
         (data,) = self.args
         limit = Image.MAX_IMAGE_PIXELS
         max_pixels = 1 << 62 if limit is None else 2 * limit  # Pillow's own error threshold
-        image = codec_for_file(data).decode(data, max_pixels=max_pixels)
+        image = decoder_for_file(data).decode(data, max_pixels=max_pixels)
         self.set_as_raw(image.tobytes())
         return -1, 0
 

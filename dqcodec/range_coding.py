@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import constriction
 import numpy as np
-import torch
-from torch import Tensor
 
 _MODEL = constriction.stream.model.Categorical(perfect=False)
 # constriction's range coder quantizes probabilities to 24 bits and gives every symbol at
@@ -21,11 +19,17 @@ _MODEL = constriction.stream.model.Categorical(perfect=False)
 _MIN_PROBABILITY = 2.0**-24
 
 
-def probability_table(logits: Tensor, table: Tensor | None = None) -> np.ndarray:
-    """(..., K) logits or integer table -> (n, K) float64 rows for constriction, in the
-    tensor's order: the table's integers exactly, else softmax(logits)."""
-    probs = table.double() if table is not None else torch.softmax(logits.float(), dim=-1).double()
-    return probs.reshape(-1, probs.shape[-1]).numpy()
+def probability_table(logits, table=None) -> np.ndarray:
+    """(..., K) integer table (an array or tensor), else float logits (a tensor: the float
+    prior, format version 1) -> (n, K) float64 rows for constriction, in their order: the
+    table's integers exactly, else softmax(logits)."""
+    if table is not None:
+        probs = np.asarray(table, dtype=np.float64)
+    else:
+        import torch  # only files of format version 1 code with the float prior
+
+        probs = torch.softmax(logits.float(), dim=-1).double().numpy()
+    return probs.reshape(-1, probs.shape[-1])
 
 
 class IndexEncoder:
@@ -33,9 +37,9 @@ class IndexEncoder:
         self._coder = constriction.stream.queue.RangeEncoder()
         self.information_bits = 0.0  # cross-entropy of the coded indices under the prior
 
-    def encode(self, indices: Tensor, logits: Tensor, table: Tensor | None = None) -> None:
+    def encode(self, indices, logits, table=None) -> None:
         probs = probability_table(logits, table)
-        symbols = indices.reshape(-1).numpy().astype(np.int32)
+        symbols = np.asarray(indices).reshape(-1).astype(np.int32)
         if symbols.size == 0:
             return
         self._coder.encode(symbols, _MODEL, probs)
@@ -60,14 +64,16 @@ class IndexDecoder:
         words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
         self._coder = constriction.stream.queue.RangeDecoder(words)
 
-    def decode(self, logits: Tensor, table: Tensor | None = None) -> Tensor:
+    def decode(self, logits, table=None) -> np.ndarray:
+        """int64 indices shaped as the table (or logits) less its last axis."""
         probs = probability_table(logits, table)
+        shape = (table if table is not None else logits).shape[:-1]
         if probs.shape[0] == 0:
-            return torch.zeros(logits.shape[:-1], dtype=torch.long)
+            return np.zeros(shape, dtype=np.int64)
         try:
             symbols = self._coder.decode(_MODEL, probs)
         except AssertionError:  # constriction's way of saying the data cannot come from this model
             raise ValueError(
                 "range-coded data is invalid under the model's probabilities"
             ) from None
-        return torch.from_numpy(symbols.astype(np.int64)).reshape(logits.shape[:-1])
+        return symbols.astype(np.int64).reshape(shape)

@@ -8,11 +8,13 @@ descheduled, on every one of the prior's many small kernels); 1 thread 0.59 s id
 beside it. A passive OpenMP wait policy (OMP_WAIT_POLICY=PASSIVE) gave 0.58 s busy but 0.50 s
 idle, and GOMP_SPINCOUNT=20000 0.35 s idle but 1.3 s busy. So the wait policy stays the
 default and the thread count follows the load: threads never spin on a core another process
-needs, and an idle machine keeps its speed."""
+needs, and an idle machine keeps its speed. Decoding runs NumPy's BLAS (OpenBLAS: threads
+that sleep when idle) on the same count."""
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -80,9 +82,18 @@ def thread_count(requested: int | None = None) -> int:
     return idle_cores()
 
 
-def use_threads(requested: int | None = None) -> int:
-    import torch
+# NumPy's BLAS sizes its thread pool when it loads, torch (OpenMP) as well unless told later
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
+
+def use_threads(requested: int | None = None) -> int:
+    """Run NumPy's BLAS (the decoder) and torch (the encoder) on thread_count(requested)
+    threads: NumPy's count takes effect if it has not loaded yet (the command line sets it
+    before), torch's at once if it has loaded, else when it loads."""
     count = thread_count(requested)
-    torch.set_num_threads(count)
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(count)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(count)
     return count

@@ -1,22 +1,31 @@
-"""Shipped models: safetensors weights (no pickle) with the config in the metadata."""
+"""Shipped models: safetensors weights (no pickle) with the config in the metadata.
+
+Reading is NumPy (`read_weights`), so the decoder loads a model without torch; torch loads
+only where a DQModel is built (`read_model_file`) or saved (`save_model`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import load_file
 
 from dqcodec.errors import DQError
 from dqcodec.models.config import ModelConfig
-from dqcodec.models.dq import DQModel
 from dqcodec.options import WEIGHTS_PACKAGE, manifest
 from dqcodec.options import default_quality as manifest_default
+
+if TYPE_CHECKING:
+    import torch
+
+    from dqcodec.models.dq import DQModel
 
 
 class ModelError(DQError):
@@ -60,13 +69,18 @@ def default_quality() -> int:
     return quality
 
 
-def model_id(model: DQModel) -> bytes:
-    """8 bytes identifying the weights: SHA-256 over every tensor, in name order."""
+def weights_id(weights: Mapping[str, np.ndarray]) -> bytes:
+    """8 bytes identifying the weights: SHA-256 over every tensor in float32, in name order."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, value in sorted(weights.items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().float().contiguous().numpy().tobytes())
+        digest.update(np.ascontiguousarray(value, dtype=np.float32).tobytes())
     return digest.digest()[:8]
+
+
+def model_id(model: DQModel) -> bytes:
+    """weights_id of a model's state dict."""
+    return weights_id({k: v.detach().float().numpy() for k, v in model.state_dict().items()})
 
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -76,15 +90,12 @@ SCALE_SUFFIX = ".int8_scale"
 def _quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 with one scale per slice of dim 0 (a convolution's output channels, a
     transposed convolution's input channels)."""
+    import torch
+
     flat = w.detach().float().reshape(w.shape[0], -1)
     scale = (flat.abs().amax(1) / 127.0).clamp_min(1e-12)
     q = torch.round(flat / scale[:, None]).clamp_(-127, 127).to(torch.int8)
     return q.reshape(w.shape), scale.half()
-
-
-def _dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    flat = q.float().reshape(q.shape[0], -1) * scale.float()[:, None]
-    return flat.reshape(q.shape)
 
 
 def _stored_tensors(model: DQModel, precision: str) -> dict[str, torch.Tensor]:
@@ -99,16 +110,21 @@ def _stored_tensors(model: DQModel, precision: str) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in state.items()}
 
 
-def _float_state(stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Undo `_stored_tensors`: every weight back in fp32, exactly the same on every machine."""
+def _float_state(stored: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Undo `_stored_tensors`: every weight back in float32, exactly the same on every
+    machine (an int8 weight times its float32 scale is one correctly rounded product)."""
     state = {}
     for name, value in stored.items():
         if name.endswith(SCALE_SUFFIX):
             continue
-        if value.dtype == torch.int8:
-            state[name] = _dequantize_int8(value, stored[name + SCALE_SUFFIX])
+        if value.dtype == np.int8:
+            scale = stored[name + SCALE_SUFFIX].astype(np.float32)
+            flat = value.reshape(value.shape[0], -1).astype(np.float32) * scale[:, None]
+            state[name] = flat.reshape(value.shape)
+        elif np.issubdtype(value.dtype, np.floating):
+            state[name] = value.astype(np.float32)
         else:
-            state[name] = value.float() if value.is_floating_point() else value
+            state[name] = value
     return state
 
 
@@ -118,6 +134,8 @@ def save_model(
     """Weights only; fp16 and int8 (per-channel, convolution weights only) are cast back to
     fp32 on load. The integer prior's calibration goes into the metadata (default: calibrated
     on synthesized codes now), so every machine derives the same integer prior."""
+    from safetensors.torch import save_file
+
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}")
     if calibration is None:
@@ -146,7 +164,7 @@ def read_calibration(path: Path) -> dict | None:
     file beside it; None when it has neither."""
     path = Path(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="np") as f:
             text = (f.metadata() or {}).get("calibration")
         if text is None and calibration_path(path).is_file():
             text = calibration_path(path).read_text()
@@ -158,23 +176,37 @@ def read_calibration(path: Path) -> dict | None:
     return calibration
 
 
-def read_model_file(path: Path) -> DQModel:
-    """Load a safetensors model file; anything else (a pickle, say) is refused unread."""
+def read_weights(path: Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """A safetensors model file's config and float32 weights (by state-dict name); anything
+    else (a pickle, say) is refused unread."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="np") as f:
             meta = f.metadata() or {}
-        state = load_file(str(path))
+        stored = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelError(f"{path} is not a safetensors model file ({exc})") from None
     if meta.get("format") != "dqcodec" or "config" not in meta:
         raise ModelError(f"{path} is a safetensors file but not a dqcodec model")
     try:
-        model = DQModel(ModelConfig.from_json(meta["config"]))
-        model.load_state_dict(_float_state(state))
-    except (RuntimeError, TypeError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        return ModelConfig.from_json(meta["config"]), _float_state(stored)
+    except (TypeError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: weights do not match their config ({exc})") from None
+
+
+def read_model_file(path: Path) -> DQModel:
+    """The DQModel of a safetensors model file (see read_weights)."""
+    import torch
+
+    from dqcodec.models.dq import DQModel
+
+    config, weights = read_weights(path)
+    try:
+        model = DQModel(config)
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    except (RuntimeError, TypeError, ValueError, KeyError) as exc:
         raise ModelError(f"{path}: weights do not match their config ({exc})") from None
     model.eval()
     return model

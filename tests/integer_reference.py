@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from dqcodec.entropy_models.prior import checkerboard, pass_schedule
+from dqcodec.entropy_models.passes import pass_schedule
 
 
 def _i64(t) -> np.ndarray:
-    return t.numpy().astype(np.int64)
+    return np.asarray(t).astype(np.int64)
 
 
 def conv(x: np.ndarray, layer, zero: int) -> np.ndarray:
     """x (H, W, C) int64 -> (H', W', Cout) int64, rescaled and clamped."""
-    weight = sum(_i64(w) << offset for w, offset in layer.weights)  # (k*k*C, Cout)
+    weight = _i64(layer.weight)  # (k*k*C, Cout)
     k = layer.kernel
     if layer.upsample > 1:
         h, w, c = x.shape
@@ -80,7 +80,7 @@ def level_tables(
     values = _i64(prior.code_values)
     codes = np.zeros((h, w, groups * d), dtype=np.int64)
     features = table(prior.features, conv(cond, prior.trunk, prior.cond_zero))
-    anchors = checkerboard(h, w).numpy()
+    anchors = (np.arange(h)[:, None] + np.arange(w)[None, :]) % 2 == 0
     out = []
     for p in pass_schedule(len(prior.slices)):
         s, sl = p.slice_index, prior.slices[p.slice_index]
@@ -102,7 +102,7 @@ def level_tables(
         units = _i64(prior.code_units)[g0 : g0 + gs]  # (G_s, K, d)
         g_index = np.arange(gs)[:, None, None]
         d_index = np.arange(d)[None, None, :]
-        mantissa, shift = precision_parts(prior.precision.numpy()[g0 : g0 + gs])
+        mantissa, shift = precision_parts(np.asarray(prior.precision)[g0 : g0 + gs])
         mantissa, shift = (
             mantissa[g_index, d_index, step],
             shift[g_index, d_index, step],

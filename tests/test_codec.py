@@ -88,11 +88,11 @@ def test_load_codec_refuses_pickle(tmp_path):
 
 def test_row_blocks_give_the_same_codes(codec, monkeypatch):
     """Large latents are coded a block of rows at a time; the chosen codes do not change."""
-    import dqcodec.latent_codecs.latent_codec as latent_codec
+    import dqcodec.entropy_models.passes as passes
 
     image = photo(200, 150, 6)
     whole = codec.decode(codec.encode(image))
-    monkeypatch.setattr(latent_codec, "LOGIT_BUDGET", 1 << 10)
+    monkeypatch.setattr(passes, "LOGIT_BUDGET", 1 << 10)
     assert len(codec.model.bottom._row_blocks(1, 16, 4)) > 1
     data = codec.encode(image)
     assert np.array_equal(np.asarray(codec.decode(data)), np.asarray(whole))
@@ -101,9 +101,9 @@ def test_row_blocks_give_the_same_codes(codec, monkeypatch):
 def test_training_rate_matches_coded_information(codec, monkeypatch):
     """Training computes each level's logits in one block; coding cuts them into row
     blocks. Both choose the same codes and count the same information."""
-    import dqcodec.latent_codecs.latent_codec as latent_codec
+    import dqcodec.entropy_models.passes as passes
 
-    monkeypatch.setattr(latent_codec, "LOGIT_BUDGET", 1 << 10)
+    monkeypatch.setattr(passes, "LOGIT_BUDGET", 1 << 10)
     assert len(codec.model.bottom._row_blocks(1, 8, 8)) > 1
     x = to_tensor(photo(128, 128, 7))
     with torch.no_grad():

@@ -77,7 +77,7 @@ def no_model(codec, monkeypatch):
     def refuse(*args, **kwargs):
         raise ReachedModel("decode ran the model")
 
-    monkeypatch.setattr(codec.model, "decompress", refuse)
+    monkeypatch.setattr(codec.decoder, "decode_indices", refuse)
     return codec
 
 
@@ -164,7 +164,7 @@ def test_max_pixels_can_be_raised(codec, sample, monkeypatch):
     def reached(*args, **kwargs):
         raise ReachedModel()
 
-    monkeypatch.setattr(codec.model, "decompress", reached)
+    monkeypatch.setattr(codec.decoder, "decode_indices", reached)
     with pytest.raises(ReachedModel):
         codec.decode(big, max_pixels=10**11)
 

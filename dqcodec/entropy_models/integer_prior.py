@@ -1,8 +1,8 @@
 """The prior in integer arithmetic: what makes every probability the range coder sees, so a
 file decodes bit for bit on any CPU, thread count, BLAS or GPU.
 
-An `IntegerModel` is derived from a float `DQModel`, one rate point at a time, by
-`derive(model, point, calibration, policy)`: weights become per-channel integers at the
+An `IntegerModel` is derived from a float `DQModel`'s weights, one rate point at a time, by
+`derive(weights, config, point, calibration, policy)`: weights become per-channel integers at the
 policy's bit widths, activations 8- to 15-bit integers with calibrated ranges
 (`calibration.py`), sums and residual streams wide integers, GELU and exp lookup tables (see
 layers/fixed_point.py for why the derivation gives the same integers everywhere). It mirrors
@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from dqcodec.entropy_models.prior import CodePrior
+from dqcodec.entropy_models.passes import Pass, anchor_mask, pass_schedule, row_blocks
 from dqcodec.layers.fixed_point import (
     WIDE_MAX,
     Format,
@@ -35,11 +33,8 @@ from dqcodec.layers.fixed_point import (
     exp64,
     gelu_table,
     int_conv,
-    lookup,
 )
-
-if TYPE_CHECKING:
-    from dqcodec.models.dq import DQModel
+from dqcodec.models.config import LevelConfig, ModelConfig
 
 LOGIT_BITS = 10  # logits in units of 2^-10 nats
 CODE_BITS = 12  # codebook coordinates in units of 2^-12 of their group's largest
@@ -54,12 +49,10 @@ BAND_POSITIONS = 1 << 14  # latent positions per band of `params` at large sizes
 BAND_ROWS_PER_REACH = 4  # and rows per row of reach: no band computes over 1.5x its rows
 INTEGER_PATH_VERSION = "1"  # bump when the derivation changes: it changes the model id
 
-EXP_TABLE = torch.from_numpy(
-    np.rint(
-        np.ldexp(
-            exp64(-np.arange(EXP_RANGE << LOGIT_BITS, dtype=np.float64) / (1 << LOGIT_BITS)),
-            EXP_BITS,
-        )
+EXP_TABLE = np.rint(
+    np.ldexp(
+        exp64(-np.arange(EXP_RANGE << LOGIT_BITS, dtype=np.float64) / (1 << LOGIT_BITS)),
+        EXP_BITS,
     )
 )
 
@@ -127,58 +120,26 @@ POLICIES = {p.name: p for p in (UNIFORM8, DECREASING, PRECISE_ENDS)}
 DEFAULT_POLICY = PRECISE_ENDS
 
 
-def _np(t: Tensor) -> np.ndarray:
-    return t.detach().to(torch.float64).cpu().numpy()
+Weights = Mapping[str, np.ndarray]  # a DQModel's state dict as float64 NumPy arrays
 
 
 @dataclass
 class GeluConv:
     """GELU (a table over wide inputs) into int8, then a convolution."""
 
-    table: Tensor
+    table: np.ndarray
     zero: int
     conv: IntConv
 
-    def __call__(self, wide: Tensor, at: Tensor | None = None) -> Tensor:
+    def __call__(self, wide: np.ndarray, at: np.ndarray | None = None) -> np.ndarray:
         return self.conv(apply_table(self.table, wide), self.zero, at)
-
-
-def _gelu_conv(
-    conv: torch.nn.Conv2d,
-    source: Format,
-    act_max: float,
-    kind: str,
-    policy: Policy,
-    out_scale: np.ndarray,
-    out: Format,
-    limits: tuple | None = None,
-) -> GeluConv:
-    act = Format.after_gelu(act_max, policy.activation_bits(kind))
-    return GeluConv(
-        gelu_table(source, act),
-        act.zero,
-        int_conv(
-            _np(conv.weight),
-            _np(conv.bias),
-            act,
-            None,
-            out_scale,
-            out,
-            policy.weight_bits(kind),
-            limits=limits,
-        ),
-    )
-
-
-def _full(n: int, value: float) -> np.ndarray:
-    return np.full(n, value, dtype=np.float64)
 
 
 @dataclass
 class IntegerSlice:
     proj: IntConv
     spatial: IntConv
-    spatial_bias: Tensor  # the anchor pass: no position of the slice is known, bias alone
+    spatial_bias: np.ndarray  # the anchor pass: no position of the slice is known, bias alone
     channel: IntConv | None
     blocks: list  # (GeluConv to the block's middle, GeluConv back to the stream)
     head: tuple  # (GeluConv to the head's middle, GeluConv to mean / log-scale)
@@ -194,24 +155,28 @@ class IntegerCodePrior:
     slice_channels: int
     cond_zero: int
     trunk: IntConv
-    features: Tensor  # GELU table into the projections' input format
+    features: np.ndarray  # GELU table into the projections' input format
     features_zero: int
     slices: list
-    code_values: Tensor  # (G, K, d) int8/int16: the codes as the prior's networks read them
-    code_units: Tensor  # (G, K, d) int64: the codes in the logits' fixed point
-    precision: Tensor  # (G, d, 513) float64: a 16-bit mantissa times a power of two
-    code_bias: Tensor  # (G, K) int64 logit units
-    code_features: Tensor = field(init=False)  # (G, K, 2d) float64: (c^2, c), the logits' matmul
+    code_values: np.ndarray  # (G, K, d) int8/int16: the codes as the prior's networks read them
+    code_units: np.ndarray  # (G, K, d) int64: the codes in the logits' fixed point
+    precision: np.ndarray  # (G, d, 513) float64: a 16-bit mantissa times a power of two
+    code_bias: np.ndarray  # (G, K) int64 logit units
+    code_features: np.ndarray = field(init=False)  # (G, K, 2d) float64 (c^2, c): logits' matmul
 
     def __post_init__(self):
-        units = self.code_units.double()
-        self.code_features = torch.cat([units.square(), units], -1)
+        units = self.code_units.astype(np.float64)
+        self.code_features = np.concatenate([units * units, units], -1)
 
-    def condition(self, cond: Tensor) -> Tensor:
+    @property
+    def groups(self) -> int:
+        return self.groups_per_slice * len(self.slices)
+
+    def condition(self, cond: np.ndarray) -> np.ndarray:
         """int8 (B, H, W, C) conditioning -> int8 features shared by all passes."""
         return apply_table(self.features, self.trunk(cond, self.cond_zero))
 
-    def slice_inputs(self, s: int, features: Tensor, codes: Tensor) -> Tensor:
+    def slice_inputs(self, s: int, features: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """Wide (B, H, W, width): the projection of the features plus the slices before s."""
         sl = self.slices[s]
         shared = sl.proj(features, self.features_zero)
@@ -220,10 +185,10 @@ class IntegerCodePrior:
         return shared
 
     def params(
-        self, s: int, shared: Tensor, codes: Tensor, anchors: bool, positions: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Mean (code units) and log-scale (1/64 steps), each (B, G_s, n, d) int64, and the
-        free logits (B, G_s, n, K) or None, at the n positions (H, W bool) the pass codes, in
+        self, s: int, shared: np.ndarray, codes: np.ndarray, anchors: bool, positions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Mean (code units) and log-scale (1/64 steps), each (B, G_s, n, d), and the free
+        logits (B, G_s, n, K) or None, at the n positions (H, W bool) the pass codes, in
         row-major order.
 
         Large latents go in bands of rows, each with the rows its convolutions reach on
@@ -238,16 +203,16 @@ class IntegerCodePrior:
         for r in range(0, h, rows):
             r_end = min(h, r + rows)
             top, bottom = max(0, r - reach), min(h, r_end + reach)
-            inside = torch.zeros_like(positions[top:bottom])
+            inside = np.zeros_like(positions[top:bottom])
             inside[r - top : r_end - top] = positions[r:r_end]
             bands.append(
                 self._params(s, shared[:, top:bottom], codes[:, top:bottom], anchors, inside)
             )
         mean, log_scale, free = zip(*bands)
         return (
-            torch.cat(mean, 2),
-            torch.cat(log_scale, 2),
-            None if free[0] is None else torch.cat(free, 2),
+            np.concatenate(mean, 2),
+            np.concatenate(log_scale, 2),
+            None if free[0] is None else np.concatenate(free, 2),
         )
 
     def reach(self, s: int, anchors: bool) -> int:
@@ -259,8 +224,8 @@ class IntegerCodePrior:
         return sum(conv.kernel // 2 for conv in convs)
 
     def _params(
-        self, s: int, shared: Tensor, codes: Tensor, anchors: bool, positions: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        self, s: int, shared: np.ndarray, codes: np.ndarray, anchors: bool, positions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         sl = self.slices[s]
         if anchors:
             h = shared + sl.spatial_bias
@@ -277,17 +242,20 @@ class IntegerCodePrior:
         to_middle, to_params = sl.head
         out = to_params(to_middle(h[:, :, None]))  # (B, n, 1, G_s * 2 * d)
         b, n = out.shape[:2]
-        out = out.reshape(b, n, self.groups_per_slice, 2, self.dim).permute(0, 2, 1, 3, 4)
+        out = out.reshape(b, n, self.groups_per_slice, 2, self.dim).transpose(0, 2, 1, 3, 4)
         free = None
         if sl.free is not None:
-            free = (
-                sl.free(h[:, :, None]).reshape(b, n, self.groups_per_slice, -1).permute(0, 2, 1, 3)
-            )
+            free = sl.free(h[:, :, None]).reshape(b, n, self.groups_per_slice, -1)
+            free = free.transpose(0, 2, 1, 3)
         return out[..., 0, :], out[..., 1, :], free
 
     def code_logits(
-        self, s: int, mean: Tensor, log_scale: Tensor, free: Tensor | None = None
-    ) -> Tensor:
+        self,
+        s: int,
+        mean: np.ndarray,
+        log_scale: np.ndarray,
+        free: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Logits (B, G_s, n, K) in 2^-LOGIT_BITS nats from mean and log-scale (B, G_s, n, d):
         bias - floor(2^-t sum_d p_d (c_d^2 - 2 m_d c_d)) (+ free logits), with p_d =
         floor(precision_d 2^t) and t per position such that the largest p_d < 2^23. The
@@ -298,57 +266,85 @@ class IntegerCodePrior:
         matmul stays below 2^52 + 2^48 < 2^53, whatever order the GEMM sums in; scaling by 2^-t
         and floor are exact. This runs several times faster than the same arithmetic in int64."""
         groups = slice(s * self.groups_per_slice, (s + 1) * self.groups_per_slice)
-        rows = torch.arange(groups.start * self.dim, groups.stop * self.dim).reshape(
+        rows = np.arange(groups.start * self.dim, groups.stop * self.dim).reshape(
             1, -1, 1, self.dim
         )
         steps = 8 * LOG_SCALE_STEPS + 1
-        precision = lookup(
-            self.precision.reshape(-1), rows * steps + log_scale + 4 * LOG_SCALE_STEPS
-        )
-        _, exponent = torch.frexp(precision.amax(-1, keepdim=True))
-        shift = (PRECISION_PRODUCT_BITS - exponent).double()
-        p = torch.ldexp(precision, shift).floor_()
-        mean = mean.clamp(-MEAN_LIMIT, MEAN_LIMIT).double()
-        features = torch.cat([p, p * mean * -2.0], -1)  # (B, G_s, n, 2d)
-        quadratic = torch.matmul(
-            features, self.code_features[groups].transpose(1, 2)
-        )  # (B, G_s, n, K)
-        quadratic = torch.ldexp(quadratic, -shift).floor_()
-        logits = self.code_bias[groups].double()[None, :, None] - quadratic
-        return logits if free is None else logits.add_(free.double())
+        precision = self.precision.reshape(-1).take(rows * steps + log_scale + 4 * LOG_SCALE_STEPS)
+        _, exponent = np.frexp(precision.max(-1, keepdims=True))
+        shift = PRECISION_PRODUCT_BITS - exponent
+        p = np.floor(np.ldexp(precision, shift))
+        mean = np.clip(mean, -MEAN_LIMIT, MEAN_LIMIT).astype(np.float64)
+        features = np.concatenate([p, p * mean * -2.0], -1)  # (B, G_s, n, 2d)
+        logits = features @ self.code_features[groups].transpose(0, 2, 1)  # (B, G_s, n, K)
+        np.ldexp(logits, -shift, out=logits)
+        np.floor(logits, out=logits)  # the quadratic term, then the logits:
+        np.subtract(self.code_bias[groups].astype(np.float64)[None, :, None], logits, out=logits)
+        return logits if free is None else np.add(logits, free, out=logits)
 
-    def lookup(self, indices: Tensor, groups: slice) -> Tensor:
+    def lookup(self, indices: np.ndarray, groups: slice) -> np.ndarray:
         """Integer codes (B, H, W, G'*d) of indices (B, G', H, W)."""
         return codes_at(self.code_values[groups], indices)
 
 
-def codes_at(code_values: Tensor, indices: Tensor) -> Tensor:
+def codes_at(code_values: np.ndarray, indices: np.ndarray) -> np.ndarray:
     """Codes (G, K, d) at indices (B, G, H, W), channels last: (B, H, W, G*d)."""
-    g = torch.arange(code_values.shape[0])[None, :, None, None]
+    g = np.arange(code_values.shape[0])[None, :, None, None]
     v = code_values[g, indices]  # (B, G, H, W, d)
     b, groups, h, w, d = v.shape
-    return v.permute(0, 2, 3, 1, 4).reshape(b, h, w, groups * d)
+    return v.transpose(0, 2, 3, 1, 4).reshape(b, h, w, groups * d)
+
+
+# chooser(pass, group slice, logits (B,G_s,n,K), rows, positions (h,W) bool, table) -> indices
+# (B,G_s,n) for the n positions of the pass in rows (positions true, row-major order); logits
+# and table are integers in float64: the logits in 2^-LOGIT_BITS nats (as_float_logits makes
+# nats of them), the table the range coder's frequencies
+Chooser = Callable[[Pass, slice, np.ndarray, slice, np.ndarray, np.ndarray], np.ndarray]
 
 
 class IntegerPasses:
-    """The integer prior's side of DQLatentCodec's pass walk: its own int8 code map,
-    updated with each pass's indices."""
+    """The integer prior's walk over a level's passes: its own integer code map, updated with
+    each pass's indices; encoder and decoder both run it, and a chooser picks (or decodes)
+    each pass's indices."""
 
-    def __init__(self, prior: IntegerCodePrior, cond: Tensor, channels: int):
+    def __init__(self, prior: IntegerCodePrior, cond: np.ndarray):
         self.prior = prior
         self.features = prior.condition(cond)
         b, h, w, _ = cond.shape
-        self.codes = torch.zeros(b, h, w, channels, dtype=prior.code_values.dtype)
+        channels = prior.slice_channels * len(prior.slices)
+        self.codes = np.zeros((b, h, w, channels), dtype=prior.code_values.dtype)
 
-    def begin_slice(self, s: int, y_hat: Tensor) -> None:
-        self.shared = self.prior.slice_inputs(s, self.features, self.codes)
+    def run(self, choose: Chooser) -> np.ndarray:
+        """Indices (B, G, H, W) int64 of every pass, as `choose` gives them."""
+        prior = self.prior
+        b, h, w, _ = self.codes.shape
+        anchors = anchor_mask(h, w)
+        indices = np.zeros((b, prior.groups, h, w), dtype=np.int64)
+        codebook_size = prior.code_values.shape[1]
+        per_row = b * prior.groups_per_slice * w * codebook_size * prior.dim
+        blocks = row_blocks(per_row, h)
+        for p in pass_schedule(len(prior.slices)):
+            s = p.slice_index
+            groups = slice(s * prior.groups_per_slice, (s + 1) * prior.groups_per_slice)
+            positions = anchors if p.anchors else ~anchors
+            if p.anchors:  # the slice's first pass
+                self.shared = prior.slice_inputs(s, self.features, self.codes)
+            params = self.params(s, p.anchors, positions)
+            chosen = np.zeros_like(indices[:, groups])
+            for rows in blocks:
+                mask = positions[rows]
+                logits, table = self.logits(s, params, rows)
+                chosen[:, :, rows][:, :, mask] = choose(p, groups, logits, rows, mask, table)
+            indices[:, groups] = np.where(positions, chosen, indices[:, groups])
+            self.record(s, groups, positions, chosen)
+        return indices
 
-    def params(self, s: int, y_hat: Tensor, anchors: bool, positions: Tensor) -> tuple:
+    def params(self, s: int, anchors: bool, positions: np.ndarray) -> tuple:
         # where each row's positions start in the pass's row-major list
-        starts = torch.cat([positions.new_zeros(1, dtype=torch.long), positions.sum(1).cumsum(0)])
+        starts = np.concatenate([[0], positions.sum(1).cumsum()])
         return (*self.prior.params(s, self.shared, self.codes, anchors, positions), starts)
 
-    def logits(self, s: int, params: tuple, rows: slice, mask: Tensor) -> tuple[Tensor, Tensor]:
+    def logits(self, s: int, params: tuple, rows: slice) -> tuple[np.ndarray, np.ndarray]:
         mean, log_scale, free, starts = params
         block = slice(int(starts[rows.start]), int(starts[rows.stop]))
         logits = self.prior.code_logits(
@@ -359,14 +355,14 @@ class IntegerPasses:
         )
         return logits, frequency_table(logits)
 
-    def record(self, s: int, groups: slice, positions: Tensor, chosen: Tensor) -> None:
+    def record(self, s: int, groups: slice, positions: np.ndarray, chosen: np.ndarray) -> None:
         channels = slice(s * self.prior.slice_channels, (s + 1) * self.prior.slice_channels)
-        self.codes[..., channels] = torch.where(
+        self.codes[..., channels] = np.where(
             positions[..., None], self.prior.lookup(chosen, groups), self.codes[..., channels]
         )
 
 
-def frequency_table(logits: Tensor) -> Tensor:
+def frequency_table(logits: np.ndarray) -> np.ndarray:
     """Integer logits (..., K) in float64 -> frequencies (..., K), integers in float64 summing
     to 2^24 - K: with the one constriction adds to every symbol, exactly its 2^24 total.
 
@@ -374,34 +370,35 @@ def frequency_table(logits: Tensor) -> Tensor:
     integer division; frequency = floor(weight q 2^-26), a product below 2^50 and so exact in
     float64."""
     k = logits.shape[-1]
-    delta = (logits.amax(-1, keepdim=True) - logits).clamp_(max=EXP_TABLE.numel() - 1)
-    weights = lookup(EXP_TABLE, delta)
+    delta = np.subtract(logits.max(-1, keepdims=True), logits)
+    np.minimum(delta, len(EXP_TABLE) - 1, out=delta)
+    freqs = EXP_TABLE.take(delta.astype(np.intp))  # the weights, then the frequencies
     total = (1 << TOTAL_BITS) - k
-    sums = weights.sum(-1, keepdim=True).to(torch.int64)
-    scale = torch.div(total << EXP_BITS, sums, rounding_mode="floor").double().mul_(2.0**-EXP_BITS)
-    freqs = weights.mul_(scale).floor_()
-    freqs[..., -1] += total - freqs.sum(
-        -1
-    )  # what the floors leave (under 2 K) goes to the last code
+    sums = freqs.sum(-1, keepdims=True).astype(np.int64)
+    freqs *= ((total << EXP_BITS) // sums).astype(np.float64) * 2.0**-EXP_BITS
+    np.floor(freqs, out=freqs)
+    # what the floors leave (under 2 K) goes to the last code
+    freqs[..., -1] += total - freqs.sum(-1)
     return freqs
 
 
-def as_float_logits(logits: Tensor) -> Tensor:
+def as_float_logits(logits: np.ndarray) -> np.ndarray:
     """What the encoder's rate-aware assignment reads (float32 nats)."""
-    return logits.float() / (1 << LOGIT_BITS)
+    return logits.astype(np.float32) / (1 << LOGIT_BITS)
 
 
 @dataclass
 class IntegerCondition:
     """top_s in integers: the top level's codes -> the bottom prior's int8 conditioning."""
 
-    code_values: Tensor  # (G, K, d) int8
+    code_values: np.ndarray  # (G, K, d) int8
     first: IntConv
     second: GeluConv
 
-    def __call__(self, top_indices: Tensor) -> Tensor:
-        x = codes_at(self.code_values, top_indices)
-        return self.second(self.first(x, 0)).to(torch.int8)  # in the cond format: 8 bits
+    def __call__(self, top_indices) -> np.ndarray:
+        """int8 (B, H, W, C) of top indices (B, G, h, w), an array or a CPU tensor."""
+        x = codes_at(self.code_values, np.asarray(top_indices))
+        return self.second(self.first(x, 0)).astype(np.int8)  # in the cond format: 8 bits
 
 
 @dataclass
@@ -413,11 +410,15 @@ class IntegerModel:
     condition: IntegerCondition
     weight_bits: int = 0  # the integer weights' size at the policy's widths, packed
 
-    def top_input(self, height: int, width: int) -> Tensor:
-        return torch.ones(1, height, width, 1, dtype=torch.int8)
+    def top_input(self, height: int, width: int) -> np.ndarray:
+        return np.ones((1, height, width, 1), dtype=np.int8)
 
 
 # -- derivation ----------------------------------------------------------------------------------
+
+
+def _full(n: int, value: float) -> np.ndarray:
+    return np.full(n, value, dtype=np.float64)
 
 
 def _code_formats(codebooks: np.ndarray, bits: int) -> tuple[Format, np.ndarray, np.ndarray]:
@@ -428,13 +429,13 @@ def _code_formats(codebooks: np.ndarray, bits: int) -> tuple[Format, np.ndarray,
     return Format(1.0, 0, -top, top), (largest / top).reshape(-1), largest / (1 << CODE_BITS)
 
 
-def _code_values(codebooks: np.ndarray, step: np.ndarray, codes: Format) -> Tensor:
+def _code_values(codebooks: np.ndarray, step: np.ndarray, codes: Format) -> np.ndarray:
     g, k, d = codebooks.shape
     q = np.clip(np.rint(codebooks / step.reshape(g, 1, d)), codes.low, codes.high)
-    return torch.from_numpy(q.astype(np.int8 if codes.high <= 127 else np.int16))
+    return q.astype(np.int8 if codes.high <= 127 else np.int16)
 
 
-def _precision_table(unit: np.ndarray) -> Tensor:
+def _precision_table(unit: np.ndarray) -> np.ndarray:
     """0.5 exp(-2 l) unit^2 in logit units per squared code unit, rounded to a 16-bit
     mantissa times a power of two (so its products with squared distances are exact)."""
     steps = (
@@ -448,100 +449,135 @@ def _precision_table(unit: np.ndarray) -> Tensor:
     mantissa = np.rint(np.ldexp(frac, PRECISION_BITS))
     # below 2^-62 per unit^2 a precision gives 0 for every reachable distance
     mantissa[shift > 62] = 0
-    return torch.from_numpy(np.ldexp(mantissa, -np.minimum(shift, 62)))
+    return np.ldexp(mantissa, -np.minimum(shift, 62))
 
 
-def _derive_prior(
-    prior: CodePrior,
-    codebooks: np.ndarray,
-    code_bias: np.ndarray,
+class _Layers:
+    """The float64 weights under one prefix of the state dict: layers by name."""
+
+    def __init__(self, weights: Weights, prefix: str):
+        self.weights, self.prefix = weights, prefix
+
+    def __contains__(self, name: str) -> bool:
+        return f"{self.prefix}{name}" in self.weights
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.weights[f"{self.prefix}{name}"]
+
+    def conv(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        return self[f"{name}.weight"], self[f"{name}.bias"]
+
+
+def _gelu_conv(
+    conv: tuple[np.ndarray, np.ndarray],
+    source: Format,
+    act_max: float,
+    kind: str,
+    policy: Policy,
+    out_scale: np.ndarray,
+    out: Format,
+    limits: tuple | None = None,
+) -> GeluConv:
+    act = Format.after_gelu(act_max, policy.activation_bits(kind))
+    return GeluConv(
+        gelu_table(source, act),
+        act.zero,
+        int_conv(*conv, act, None, out_scale, out, policy.weight_bits(kind), limits=limits),
+    )
+
+
+def _derive_slice(
+    layers: _Layers,
+    s: int,
+    slice_channels: int,
+    groups: slice,
+    features: Format,
+    codes: Format,
+    code_step: np.ndarray,
+    code_unit: np.ndarray,
     embedding: np.ndarray | None,
-    cond: Format,
     ranges: dict,
     policy: Policy,
-) -> IntegerCodePrior:
-    groups_per_slice, dim, slice_channels = prior.groups_per_slice, prior.dim, prior.slice_channels
-    codes, code_step, code_unit = _code_formats(codebooks, policy.activation_bits("spatial"))
-    trunk_out = Format.wide(ranges["trunk"])
-    trunk = int_conv(
-        _np(prior.cond_trunk[0].weight),
-        _np(prior.cond_trunk[0].bias),
-        cond,
+) -> IntegerSlice:
+    context = f"contexts.{s}."
+    h = Format.wide(ranges[f"h{s}"])
+    spatial_weight, spatial_bias = layers.conv(context + "spatial")
+    width = spatial_weight.shape[0]
+    to_h = _full(width, h.scale)
+    proj = int_conv(
+        *layers.conv(f"cond_proj.{s}"),
+        features,
         None,
-        _full(prior.cond_trunk[0].out_channels, trunk_out.scale),
-        trunk_out,
-        policy.weight_bits("trunk"),
+        to_h,
+        h,
+        policy.weight_bits("proj"),
+        extra_input=embedding,
     )
-    features = Format.after_gelu(ranges["features"], policy.activation_bits("proj"))
-    slices = []
-    for s, context in enumerate(prior.contexts):
-        h = Format.wide(ranges[f"h{s}"])
-        width = context.spatial.out_channels
-        to_h = _full(width, h.scale)
-        proj = int_conv(
-            _np(prior.cond_proj[s].weight),
-            _np(prior.cond_proj[s].bias),
-            features,
-            None,
-            to_h,
-            h,
-            policy.weight_bits("proj"),
-            extra_input=embedding,
-        )
-        current = slice(s * slice_channels, (s + 1) * slice_channels)
-        spatial = int_conv(
-            _np(context.spatial.weight),
-            _np(context.spatial.bias),
+    current = slice(s * slice_channels, (s + 1) * slice_channels)
+    spatial = int_conv(
+        spatial_weight,
+        spatial_bias,
+        codes,
+        code_step[current],
+        to_h,
+        h,
+        policy.weight_bits("spatial"),
+    )
+    channel = None
+    if context + "channel.weight" in layers:
+        channel = int_conv(
+            *layers.conv(context + "channel"),
             codes,
-            code_step[current],
+            code_step[: s * slice_channels],
             to_h,
             h,
-            policy.weight_bits("spatial"),
+            policy.weight_bits("channel"),
         )
-        spatial_bias = torch.from_numpy(
-            np.rint(_np(context.spatial.bias) / h.scale).astype(np.int64)
+    blocks = []
+    b = 0
+    while f"{context}blocks.{b}.1.weight" in layers:
+        block = f"{context}blocks.{b}."
+        middle = Format.wide(ranges[f"s{s}.b{b}.mid"])
+        to_middle = _gelu_conv(
+            layers.conv(block + "1"),
+            h,
+            ranges[f"s{s}.b{b}.act1"],
+            "block.conv1",
+            policy,
+            _full(width, middle.scale),
+            middle,
         )
-        channel = None
-        if context.channel is not None:
-            channel = int_conv(
-                _np(context.channel.weight),
-                _np(context.channel.bias),
-                codes,
-                code_step[: s * slice_channels],
-                to_h,
-                h,
-                policy.weight_bits("channel"),
-            )
-        blocks = []
-        for b, block in enumerate(context.blocks):
-            middle = Format.wide(ranges[f"s{s}.b{b}.mid"])
-            blocks.append(
-                (
-                    _gelu_conv(
-                        block[1],
-                        h,
-                        ranges[f"s{s}.b{b}.act1"],
-                        "block.conv1",
-                        policy,
-                        _full(width, middle.scale),
-                        middle,
-                    ),
-                    _gelu_conv(
-                        block[3], middle, ranges[f"s{s}.b{b}.act2"], "block.conv2", policy, to_h, h
-                    ),
-                )
-            )
-        head_mid = Format.wide(ranges[f"s{s}.head.mid"])
-        groups = slice(s * groups_per_slice, (s + 1) * groups_per_slice)
-        # head outputs (G_s, 2, d): means in code units, log-scales in 1/64 steps
-        units = code_unit[groups]
-        out_scale = np.stack([units, np.full_like(units, 1.0 / LOG_SCALE_STEPS)], 1).reshape(-1)
-        # means within the wide range, log-scales within the float prior's clamp [-4, 4]
-        limit = np.stack(
-            [np.full_like(units, WIDE_MAX), np.full_like(units, 4 * LOG_SCALE_STEPS)], 1
-        ).reshape(-1)
-        to_params = _gelu_conv(
-            context.head[3],
+        back = _gelu_conv(
+            layers.conv(block + "3"),
+            middle,
+            ranges[f"s{s}.b{b}.act2"],
+            "block.conv2",
+            policy,
+            to_h,
+            h,
+        )
+        blocks.append((to_middle, back))
+        b += 1
+    head_mid = Format.wide(ranges[f"s{s}.head.mid"])
+    # head outputs (G_s, 2, d): means in code units, log-scales in 1/64 steps
+    units = code_unit[groups]
+    out_scale = np.stack([units, np.full_like(units, 1.0 / LOG_SCALE_STEPS)], 1).reshape(-1)
+    # means within the wide range, log-scales within the float prior's clamp [-4, 4]
+    limit = np.stack(
+        [np.full_like(units, WIDE_MAX), np.full_like(units, 4 * LOG_SCALE_STEPS)], 1
+    ).reshape(-1)
+    head = (
+        _gelu_conv(
+            layers.conv(context + "head.1"),
+            h,
+            ranges[f"s{s}.head.act1"],
+            "head.conv1",
+            policy,
+            _full(width, head_mid.scale),
+            head_mid,
+        ),
+        _gelu_conv(
+            layers.conv(context + "head.3"),
             head_mid,
             ranges[f"s{s}.head.act2"],
             "head.conv2",
@@ -549,32 +585,68 @@ def _derive_prior(
             out_scale,
             Format(1.0, 0, -WIDE_MAX, WIDE_MAX),
             limits=(-limit, limit),
+        ),
+    )
+    free = None
+    if context + "free.1.weight" in layers:  # logits up to 2^30 units: far beyond any that matters
+        free_weight, free_bias = layers.conv(context + "free.1")
+        free = _gelu_conv(
+            (free_weight, free_bias),
+            h,
+            ranges[f"s{s}.free.act"],
+            "head.conv2",
+            policy,
+            _full(free_weight.shape[0], 2.0**-LOGIT_BITS),
+            Format(1.0, 0, -(1 << 30), 1 << 30),
         )
-        head = (
-            _gelu_conv(
-                context.head[1],
-                h,
-                ranges[f"s{s}.head.act1"],
-                "head.conv1",
-                policy,
-                _full(width, head_mid.scale),
-                head_mid,
-            ),
-            to_params,
+    anchor_bias = np.rint(spatial_bias / h.scale).astype(np.int64)
+    return IntegerSlice(proj, spatial, anchor_bias, channel, blocks, head, free)
+
+
+def _derive_prior(
+    layers: _Layers,
+    level: LevelConfig,
+    point: int,
+    cond: Format,
+    ranges: dict,
+    policy: Policy,
+) -> IntegerCodePrior:
+    groups_per_slice, dim = level.groups // level.slices, level.group_dim
+    slice_channels = level.channels // level.slices
+    codebooks = layers["quantizer.codebooks"]
+    code_bias = layers["prior.code_bias"]
+    code_bias = code_bias[point] if code_bias.ndim == 3 else code_bias
+    prior = _Layers(layers.weights, layers.prefix + "prior.")
+    embedding = prior["point_embedding"][point] if "point_embedding" in prior else None
+    codes, code_step, code_unit = _code_formats(codebooks, policy.activation_bits("spatial"))
+    trunk_out = Format.wide(ranges["trunk"])
+    trunk_weight, trunk_bias = prior.conv("cond_trunk.0")
+    trunk = int_conv(
+        trunk_weight,
+        trunk_bias,
+        cond,
+        None,
+        _full(trunk_weight.shape[0], trunk_out.scale),
+        trunk_out,
+        policy.weight_bits("trunk"),
+    )
+    features = Format.after_gelu(ranges["features"], policy.activation_bits("proj"))
+    slices = [
+        _derive_slice(
+            prior,
+            s,
+            slice_channels,
+            slice(s * groups_per_slice, (s + 1) * groups_per_slice),
+            features,
+            codes,
+            code_step,
+            code_unit,
+            embedding,
+            ranges,
+            policy,
         )
-        free = None
-        if context.free is not None:  # logits up to 2^30 units: far beyond any that matters
-            free = _gelu_conv(
-                context.free[1],
-                h,
-                ranges[f"s{s}.free.act"],
-                "head.conv2",
-                policy,
-                _full(context.free[1].out_channels, 2.0**-LOGIT_BITS),
-                Format(1.0, 0, -(1 << 30), 1 << 30),
-            )
-        slices.append(IntegerSlice(proj, spatial, spatial_bias, channel, blocks, head, free))
-    precision = _precision_table(code_unit)
+        for s in range(level.slices)
+    ]
     return IntegerCodePrior(
         groups_per_slice,
         dim,
@@ -585,98 +657,121 @@ def _derive_prior(
         features.zero,
         slices,
         _code_values(codebooks, code_step, codes),
-        torch.from_numpy(np.rint(codebooks / code_unit[:, None, :]).astype(np.int64)),
-        precision,
-        torch.from_numpy(np.rint(code_bias * (1 << LOGIT_BITS)).astype(np.int64)),
+        np.rint(codebooks / code_unit[:, None, :]).astype(np.int64),
+        _precision_table(code_unit),
+        np.rint(code_bias * (1 << LOGIT_BITS)).astype(np.int64),
     )
 
 
 def derive(
-    model: DQModel, point: int, calibration: dict, policy: Policy = DEFAULT_POLICY
+    weights: Weights,
+    config: ModelConfig,
+    point: int,
+    calibration: dict,
+    policy: Policy = DEFAULT_POLICY,
 ) -> IntegerModel:
-    """The integer prior of one rate point (0 for a single-rate model)."""
+    """The integer prior of one rate point (0 for a single-rate model) of the model whose
+    state dict `weights` holds (float64 arrays, see `Float64Weights`)."""
     ranges = calibration["points"][str(point)]
-    variable = model.config.rate_points > 1
-    gains = {}
-    for level in ("top", "bottom"):
-        gains[level] = exp64(_np(getattr(model, f"{level}_gain")[point])) if variable else None
     priors = {}
     for level in ("top", "bottom"):
-        codec = getattr(model, level)
-        bias = _np(codec.prior.code_bias)
-        bias = bias[point] if bias.ndim == 3 else bias
-        embedding = (
-            _np(codec.prior.point_embedding[point])
-            if codec.prior.point_embedding is not None
-            else None
-        )
         cond = (
             Format(1.0, 0, 1, 1) if level == "top" else Format.symmetric(ranges["bottom"]["cond"])
         )
         priors[level] = _derive_prior(
-            codec.prior,
-            _np(codec.quantizer.codebooks),
-            bias,
-            embedding,
+            _Layers(weights, f"{level}."),
+            getattr(config, level),
+            point,
             cond,
             ranges[level],
             policy,
         )
     # top_s reads the top codes divided by the point's gain
-    top_codebooks = _np(model.top.quantizer.codebooks)
+    top_codebooks = weights["top.quantizer.codebooks"]
     codes, step, _ = _code_formats(top_codebooks, policy.activation_bits("condition.deconv1"))
-    in_scale = step if gains["top"] is None else step / gains["top"]
+    in_scale = step
+    if config.rate_points > 1:
+        in_scale = step / exp64(weights["top_gain"][point])
     mid = Format.wide(ranges["condition"]["mid"])
-    first_layer, _, second_layer = model.top_s
+    first_weight, first_bias = weights["top_s.0.weight"], weights["top_s.0.bias"]
     first = int_conv(
-        _np(first_layer.weight),
-        _np(first_layer.bias),
+        first_weight,
+        first_bias,
         codes,
         in_scale,
-        _full(first_layer.out_channels, mid.scale),
+        _full(first_weight.shape[1], mid.scale),
         mid,
         policy.weight_bits("condition.deconv1"),
         transposed=True,
     )
     cond = Format.symmetric(ranges["bottom"]["cond"])
     act = Format.after_gelu(ranges["condition"]["act"], policy.activation_bits("condition.deconv2"))
+    second_weight, second_bias = weights["top_s.2.weight"], weights["top_s.2.bias"]
     second = GeluConv(
         gelu_table(mid, act),
         act.zero,
         int_conv(
-            _np(second_layer.weight),
-            _np(second_layer.bias),
+            second_weight,
+            second_bias,
             act,
             None,
-            _full(second_layer.out_channels, cond.scale),
+            _full(second_weight.shape[1], cond.scale),
             cond,
             policy.weight_bits("condition.deconv2"),
             transposed=True,
         ),
     )
     condition = IntegerCondition(_code_values(top_codebooks, step, codes), first, second)
-    return IntegerModel(priors["top"], priors["bottom"], condition, _weight_bits(model, policy))
+    return IntegerModel(priors["top"], priors["bottom"], condition, _weight_bits(weights, policy))
 
 
-def _weight_bits(model: DQModel, policy: Policy) -> int:
+_KINDS = (  # layer name patterns of the integer path -> the policy's layer kind
+    (".prior.cond_trunk.0.weight", "trunk"),
+    (".prior.cond_proj.", "proj"),
+    (".spatial.weight", "spatial"),
+    (".channel.weight", "channel"),
+    (".head.1.weight", "head.conv1"),
+    (".head.3.weight", "head.conv2"),
+    (".1.weight", "block.conv1"),  # blocks.b.1 (after the head's, which matched first)
+    (".3.weight", "block.conv2"),
+)
+
+
+def _weight_bits(weights: Weights, policy: Policy) -> int:
     """Bits of the integer path's convolution weights at the policy's widths (packed)."""
     total = 0
-    for level in (model.top, model.bottom):
-        p = level.prior
-        kinds = [(p.cond_trunk[0], "trunk")] + [(c, "proj") for c in p.cond_proj]
-        for ctx in p.contexts:
-            kinds += [
-                (ctx.spatial, "spatial"),
-                (ctx.head[1], "head.conv1"),
-                (ctx.head[3], "head.conv2"),
-            ]
-            kinds += [(ctx.channel, "channel")] if ctx.channel is not None else []
-            for block in ctx.blocks:
-                kinds += [(block[1], "block.conv1"), (block[3], "block.conv2")]
-        total += sum(conv.weight.numel() * policy.weight_bits(kind) for conv, kind in kinds)
-    total += model.top_s[0].weight.numel() * policy.weight_bits("condition.deconv1")
-    total += model.top_s[2].weight.numel() * policy.weight_bits("condition.deconv2")
+    for name in weights:
+        if not name.endswith(".weight") or ".free." in name:
+            continue
+        if name.startswith(("top.", "bottom.")):
+            kind = next((k for pattern, k in _KINDS if pattern in name), None)
+            if kind is None:
+                continue
+        elif name == "top_s.0.weight":
+            kind = "condition.deconv1"
+        elif name == "top_s.2.weight":
+            kind = "condition.deconv2"
+        else:
+            continue
+        total += weights[name].size * policy.weight_bits(kind)
     return total
+
+
+class Float64Weights(Mapping):
+    """A state dict (tensors or arrays) as float64 NumPy arrays, each converted when `derive`
+    reads it (it reads only the priors, top_s, the codebooks and the gains)."""
+
+    def __init__(self, state: Mapping):
+        self.state = state
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return np.asarray(self.state[name], dtype=np.float64)
+
+    def __iter__(self):
+        return iter(self.state)
+
+    def __len__(self) -> int:
+        return len(self.state)
 
 
 def integer_id(float_id: bytes, calibration: dict, policy: Policy) -> bytes:

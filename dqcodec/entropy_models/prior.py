@@ -1,39 +1,24 @@
 """Autoregressive prior over code indices, run as a fixed schedule of parallel passes.
 
-The groups of a level are split into slices. Each slice is coded in two checkerboard
-halves (anchors first), so a level takes 2 x slices passes whatever the image size. The
-prior for a pass sees the conditioning features (the level above), every slice already
-decoded, and the anchors of the current slice.
+Its passes are scheduled in passes.py. The prior for a pass sees the conditioning features
+(the level above), every slice already decoded, and the anchors of the current slice.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-
-class Pass(NamedTuple):
-    slice_index: int
-    anchors: bool  # True: the anchor half of the checkerboard, False: the other half
-
-
-def pass_schedule(slices: int) -> Iterator[Pass]:
-    for s in range(slices):
-        yield Pass(s, True)
-        yield Pass(s, False)
+from dqcodec.entropy_models.passes import anchor_mask
 
 
 def checkerboard(height: int, width: int, device=None) -> Tensor:
     """Boolean (H, W) mask of anchor positions: (i + j) even."""
-    i = torch.arange(height, device=device)[:, None]
-    j = torch.arange(width, device=device)[None, :]
-    return (i + j) % 2 == 0
+    return torch.from_numpy(anchor_mask(height, width)).to(device)
 
 
 def code_bits(logits: Tensor, indices: Tensor) -> Tensor:

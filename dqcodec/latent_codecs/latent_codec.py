@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from dqcodec.entropy_models.integer_prior import IntegerCodePrior, IntegerPasses, as_float_logits
-from dqcodec.entropy_models.prior import CodePrior, Pass, checkerboard, code_bits, pass_schedule
+from dqcodec.entropy_models.passes import Pass, pass_schedule, row_blocks
+from dqcodec.entropy_models.prior import CodePrior, checkerboard, code_bits
 from dqcodec.latent_codecs.quantizer import DepthwiseQuantizer
 from dqcodec.models.config import LevelConfig
 from dqcodec.range_coding import IndexDecoder, IndexEncoder
@@ -24,10 +26,6 @@ from dqcodec.range_coding import IndexDecoder, IndexEncoder
 # is the integer prior's frequency table (B,G_s,n,K), its logits then integers in float64
 # (integer_prior.as_float_logits makes nats of them), or None where the float prior codes
 Chooser = Callable[[Pass, slice, Tensor, slice, Tensor, Tensor | None], Tensor]
-
-# Logits are built a block of rows at a time so large images need bounded memory; the
-# blocks depend only on the latent's shape, so encoder and decoder cut them alike.
-LOGIT_BUDGET = 1 << 22  # elements of the (rows, K, d) intermediate per block
 
 
 class DQLatentCodec(nn.Module):
@@ -69,8 +67,7 @@ class DQLatentCodec(nn.Module):
             * self.level.codebook_size
             * self.quantizer.dim
         )
-        rows = max(1, LOGIT_BUDGET // per_row)
-        return [slice(r, min(r + rows, height)) for r in range(0, height, rows)]
+        return row_blocks(per_row, height)
 
     def _run_passes(
         self,
@@ -78,37 +75,28 @@ class DQLatentCodec(nn.Module):
         point: Tensor,
         choose: Chooser,
         straight_through: Tensor | None = None,
-        integer: tuple[IntegerCodePrior, Tensor] | None = None,
+        integer: tuple[IntegerCodePrior, np.ndarray] | None = None,
     ):
         """Walk the pass schedule; returns y_hat, indices and (when training, i.e. with
         straight_through) the logits each index was coded with. Each pass computes
         logits only at the positions it codes (half of a checkerboard). With `integer`
         (the integer prior and its int8 conditioning) the integer prior makes the
-        probabilities; otherwise the float prior does. A frozen prior (no parameter that
-        requires a gradient) computes its logits outside the autograd graph. `cond`, the
-        float conditioning, may be None where the integer prior codes: its own int8
-        conditioning (B, H, W, C) gives the latent's shape."""
-        if cond is not None:
-            (b, _, h, w), device = cond.shape, cond.device
-        else:
-            (b, h, w, _), device = integer[1].shape, integer[1].device
+        probabilities (`IntegerPasses`, in NumPy; `cond` is then unused and may be None);
+        otherwise the float prior does. A frozen prior (no parameter that requires a
+        gradient) computes its logits outside the autograd graph."""
+        if integer is not None:
+            indices = torch.from_numpy(IntegerPasses(*integer).run(_on_arrays(choose)))
+            return self.quantizer.lookup(indices), indices, []
+        (b, _, h, w), device = cond.shape, cond.device
         prior_graph = (
             torch.no_grad()
             if straight_through is not None and not self.prior_trains()
             else contextlib.nullcontext()
         )
         with prior_graph:
-            model = (
-                IntegerPasses(*integer, self.level.channels)
-                if integer is not None
-                else FloatPasses(self.prior, cond, point, self.quantizer.codebooks)
-            )
+            model = FloatPasses(self.prior, cond, point, self.quantizer.codebooks)
         anchors = checkerboard(h, w, device)
-        # The integer prior reads its own int8 codes: without training, y_hat is only the
-        # result, made once from the indices at the end (a full-size map less while coding).
-        y_hat = None
-        if integer is None or straight_through is not None:
-            y_hat = torch.zeros(b, self.level.channels, h, w, device=device)
+        y_hat = torch.zeros(b, self.level.channels, h, w, device=device)
         indices = torch.zeros(b, self.level.groups, h, w, dtype=torch.long, device=device)
         # Training codes nothing, so it needs no block boundaries to agree on: one block
         # keeps the kernel count of a step independent of the batch size.
@@ -130,20 +118,15 @@ class DQLatentCodec(nn.Module):
                     chosen[:, :, rows][:, :, mask] = choose(p, groups, logits, rows, mask, table)
                 if straight_through is not None:
                     all_logits.append((groups, rows, mask, logits))
-            if y_hat is not None:
-                if straight_through is not None:
-                    values = self.quantizer.straight_through(
-                        straight_through[:, channels], chosen, groups
-                    )
-                    y_hat = y_hat.clone()  # autograd needs the earlier passes' y_hat
-                else:
-                    values = self.quantizer.lookup(chosen, groups)
-                y_hat[:, channels] = torch.where(positions, values, y_hat[:, channels])
+            if straight_through is not None:
+                values = self.quantizer.straight_through(
+                    straight_through[:, channels], chosen, groups
+                )
+                y_hat = y_hat.clone()  # autograd needs the earlier passes' y_hat
+            else:
+                values = self.quantizer.lookup(chosen, groups)
+            y_hat[:, channels] = torch.where(positions, values, y_hat[:, channels])
             indices[:, groups] = torch.where(positions, chosen, indices[:, groups])
-            model.record(s, groups, positions, chosen)
-        if y_hat is None:
-            del model  # the integer prior's maps go before the latent is made
-            y_hat = self.quantizer.lookup(indices)
         return y_hat, indices, all_logits
 
     def prior_trains(self) -> bool:
@@ -242,7 +225,7 @@ class DQLatentCodec(nn.Module):
         cond: Tensor,
         point: Tensor,
         rate_weight: float | None = None,
-        integer: tuple[IntegerCodePrior, Tensor] | None = None,
+        integer: tuple[IntegerCodePrior, np.ndarray] | None = None,
     ) -> dict:
         """rate_weight overrides the trained assignment strength: the decoder does not
         depend on it, so one model serves several rates. integer: code with the integer
@@ -253,7 +236,7 @@ class DQLatentCodec(nn.Module):
         def choose(
             p: Pass, groups: slice, logits: Tensor, rows: slice, mask: Tensor, table: Tensor | None
         ) -> Tensor:
-            nats = logits if table is None else as_float_logits(logits)
+            nats = logits if table is None else torch.from_numpy(as_float_logits(logits.numpy()))
             chosen = assign(p, groups, nats, rows, mask, table)
             encoder.encode(chosen, logits, table)
             return chosen
@@ -272,7 +255,7 @@ class DQLatentCodec(nn.Module):
         string: bytes,
         cond: Tensor | None,
         point: Tensor,
-        integer: tuple[IntegerCodePrior, Tensor] | None = None,
+        integer: tuple[IntegerCodePrior, np.ndarray] | None = None,
     ) -> dict:
         """cond: the float conditioning; None where `integer` codes, which needs only its own."""
         decoder = IndexDecoder(string)
@@ -280,10 +263,27 @@ class DQLatentCodec(nn.Module):
         def choose(
             p: Pass, groups: slice, logits: Tensor, rows: slice, mask: Tensor, table: Tensor | None
         ) -> Tensor:
-            return decoder.decode(logits, table)
+            return torch.from_numpy(decoder.decode(logits, table))
 
         y_hat, indices, _ = self._run_passes(cond, point, choose, integer=integer)
         return {"y_hat": y_hat, "indices": indices}
+
+
+def _on_arrays(choose: Chooser):
+    """A chooser of tensors as IntegerPasses calls it, with NumPy arrays in and out."""
+
+    def choose_arrays(p: Pass, groups: slice, logits, rows: slice, mask, table):
+        picked = choose(
+            p,
+            groups,
+            torch.from_numpy(logits),
+            rows,
+            torch.from_numpy(mask),
+            torch.from_numpy(table),
+        )
+        return np.asarray(picked)
+
+    return choose_arrays
 
 
 class FloatPasses:
@@ -302,6 +302,3 @@ class FloatPasses:
     def logits(self, s: int, params: tuple, rows: slice, mask: Tensor) -> tuple[Tensor, None]:
         mean, log_scale, free = (None if t is None else t[:, :, rows][:, :, mask] for t in params)
         return self.prior.code_logits(s, mean, log_scale, self.codebooks, self.point, free), None
-
-    def record(self, s: int, groups: slice, positions: Tensor, chosen: Tensor) -> None:
-        pass

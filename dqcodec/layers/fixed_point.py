@@ -3,9 +3,12 @@ rescaling, and lookup tables derived the same way on every machine.
 
 Exactness rests on two rules:
 
-* Tensor arithmetic is integer arithmetic: int8 x int8 products summed in int32 (a GEMM,
-  whatever its order of summation or its vector width), then int64 for rescaling. No
-  floating-point value ever reaches a probability.
+* Tensor arithmetic is integer arithmetic. A convolution is a GEMM of integers carried in
+  float32 where no sum of its products' magnitudes reaches 2^24, else in float64 (2^53):
+  every partial sum is then an exact integer, whatever the BLAS's order of summation, vector
+  width, FMA or thread count. Rescaling is int64. No rounded floating-point value ever
+  reaches a probability. (A BLAS computing in reduced precision, TF32 or bf16, would break
+  this; NumPy's CPU BLASes do not.)
 * Every table and multiplier derived from the float weights uses only float64 operations
   that IEEE 754 rounds correctly (+, -, *, /, ldexp, rint, comparisons) in a fixed order on
   NumPy arrays; `exp` and `erf` come from `exp64`/`erf64` below instead of a math library,
@@ -17,14 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 INT8_MIN, INT8_MAX = -128, 127
 WIDE_BITS = 16  # wide (pre-activation) values index lookup tables of 2^16 entries
 WIDE_MAX = (1 << (WIDE_BITS - 1)) - 1
 MULTIPLIER_BITS = 23  # rescaling multipliers below 2^23: |acc * m| stays far inside int64
+FLOAT32_EXACT = 1 << 24  # float32 holds every integer below this exactly; float64: 2^53
+FLOAT64_EXACT = 1 << 53
 # output positions per GEMM: small blocks keep large decodes in less memory, and are no slower
 ROWS_PER_BLOCK = 1 << 11
 
@@ -40,12 +42,14 @@ def exp64(x: np.ndarray) -> np.ndarray:
     so every machine gets the same bits; NumPy's own exp differs with the CPU's SIMD."""
     x = np.asarray(x, dtype=np.float64)
     k = np.rint(x * (1.0 / 0.6931471805599453))
-    r = (x - k * _LN2_HI) - k * _LN2_LO  # |r| <= 0.35
+    r = x - k * _LN2_HI
+    r -= k * _LN2_LO  # |r| <= 0.35
     term = np.ones_like(r)
     total = np.ones_like(r)
-    for n in range(1, 18):
-        term = term * r / n
-        total = total + term
+    for n in range(1, 18):  # in place, in the order ((term * r) / n) + total
+        term *= r
+        term /= n
+        total += term
     return np.ldexp(total, k.astype(np.int32))
 
 
@@ -108,105 +112,55 @@ class Format:
         return Format(scale, first + int(np.rint(-low / scale)), first, first + levels)
 
 
-def gelu_table(source: Format, target: Format) -> Tensor:
+def gelu_table(source: Format, target: Format) -> np.ndarray:
     """Table over the 2^16 wide values of `source`: GELU into `target` (int8, or int16 for
     formats over 8 bits)."""
     wide = np.arange(-WIDE_MAX - 1, WIDE_MAX + 1, dtype=np.float64)
     q = np.rint(gelu64(wide * source.scale) / target.scale) + target.zero
     dtype = np.int8 if INT8_MIN <= target.low and target.high <= INT8_MAX else np.int16
-    return torch.from_numpy(np.clip(q, target.low, target.high).astype(dtype))
+    return np.clip(q, target.low, target.high).astype(dtype)
 
 
-def lookup(table: Tensor, index: Tensor) -> Tensor:
-    """table[index] for a 1-D table (index_select: several times faster than indexing)."""
-    return table.index_select(0, index.reshape(-1).to(torch.int32)).reshape(index.shape)
+def apply_table(table: np.ndarray, wide: np.ndarray) -> np.ndarray:
+    """table[wide] for wide values, clamped to the table's 2^16 entries."""
+    index = np.clip(wide, -WIDE_MAX - 1, WIDE_MAX).astype(np.int32)
+    index += WIDE_MAX + 1
+    return table.take(index)
 
 
-def apply_table(table: Tensor, wide: Tensor) -> Tensor:
-    index = wide.to(torch.int32, copy=True).clamp_(-WIDE_MAX - 1, WIDE_MAX).add_(WIDE_MAX + 1)
-    return lookup(table, index)
-
-
-# -- integer GEMM and convolution ------------------------------------------------------------
-
-
-def int_matmul(a: Tensor, b: Tensor) -> Tensor:
-    """(m, k) int8 @ (k, n) int8 -> (m, n) int32, exactly.
-
-    torch._int_mm where it takes the shapes; otherwise a float64 GEMM of the same integers,
-    exact because no partial sum can exceed k * 128 * 128 < 2^53."""
-    m, k = a.shape
-    n = b.shape[1]
-    if m > 16 and k % 8 == 0 and n % 8 == 0 and k >= 16:
-        try:
-            return torch._int_mm(a, b)
-        except (RuntimeError, AttributeError):
-            pass
-    return (a.double() @ b.double()).to(torch.int32)
-
-
-def _split(value):
-    """hi, lo with value = hi * 256 + lo, lo in [-128, 127] (tensors or ints)."""
-    high = (value + 128) >> 8
-    return high, value - (high << 8)
-
-
-def planes(x: Tensor) -> list[tuple[Tensor, int]]:
-    """An int8 tensor, or an int16 one of at most 15 bits, as int8 planes with their bit
-    offsets: x = sum plane << offset (hi * 256 + lo, hi in [-64, 64]), so every GEMM stays
-    int8 x int8."""
-    if x.dtype == torch.int8:
-        return [(x, 0)]
-    high, low = _split(x)  # in int16: 15-bit values leave room for the +128
-    return [(high.to(torch.int8), 8), (low.to(torch.int8), 0)]
-
-
-def plane_values(x: Tensor, value: int) -> list[int]:
-    """`value` (a padding value of x) split as `planes(x)` splits x."""
-    return [value] if x.dtype == torch.int8 else list(_split(value))
-
-
-def weight_digits(w: Tensor) -> list[tuple[Tensor, int]]:
-    """Integer weights as int8 digits in base 128 with their bit offsets, every digit within
-    +-64: w = sum digit << offset.
-
-    int8 GEMMs on CPUs without VNNI (oneDNN's SSE4.1 and AVX2 kernels) add pairs of u8 x s8
-    products in saturating int16: with |weight| <= 64 no pair can exceed 2 * 255 * 64 < 2^15,
-    so every kernel sums exactly (tests/test_integer_prior.py runs those kernels)."""
-    digits, rest, offset = [], w.to(torch.int64), 0
-    while int(rest.abs().max()) > 64:
-        high = (rest + 64) >> 7
-        digits.append(((rest - (high << 7)).to(torch.int8), offset))
-        rest, offset = high, offset + 7
-    digits.append((rest.to(torch.int8), offset))
-    return digits
+# -- integer convolution -----------------------------------------------------------------------
 
 
 @dataclass
 class IntConv:
-    """A convolution over int8/int16 activations in channels-last layout (B, H, W, C):
-    weight digits (k*k*Cin, Cout) int8 in (ky, kx, cin) row order with their bit offsets, bias
-    in accumulator units, and a per-output-channel rescale (acc + bias) * m >> shift into the
-    output format."""
+    """A convolution over integer activations in channels-last layout (B, H, W, C): integer
+    weights (k*k*Cin, Cout) in (ky, kx, cin) row order, bias in accumulator units, and a
+    per-output-channel rescale (acc + bias) * m >> shift into the output format."""
 
-    weights: list  # digits (int8 (k*k*Cin, Cout) within +-64, bit offset), see weight_digits
-    bias: Tensor  # int64 (Cout,)
-    multiplier: Tensor  # int64 (Cout,)
+    weight: np.ndarray  # int64 (k*k*Cin, Cout)
+    bias: np.ndarray  # int64 (Cout,)
+    multiplier: np.ndarray  # int64 (Cout,)
     shift: int
     kernel: int
-    low: Tensor  # int64 (Cout,) output clamp
-    high: Tensor
-    offset: Tensor  # int64 (Cout,) the output format's zero point
+    low: np.ndarray  # int64 (Cout,) output clamp
+    high: np.ndarray
+    offset: np.ndarray  # int64 (Cout,) the output format's zero point
+    input_limit: int  # the largest |input value| the layer is built for
     upsample: int = 1  # 2: a stride-2 transposed convolution (zeros inserted, then this conv)
 
     def __post_init__(self):
         # (acc + bias) * m + half = acc * m + rounded_bias; the clamp before adding the offset
         self.rounded_bias = self.bias * self.multiplier + (1 << (self.shift - 1))
         self.scaled_low, self.scaled_high = self.low - self.offset, self.high - self.offset
+        largest_sum = int(np.abs(self.weight).sum(0).max()) * self.input_limit
+        if largest_sum >= FLOAT64_EXACT:
+            raise ValueError("integer convolution too wide for an exact float64 GEMM")
+        dtype = np.float32 if largest_sum < FLOAT32_EXACT else np.float64
+        self.gemm_weight = self.weight.astype(dtype)
 
     def accumulate(
-        self, x: Tensor, zero: int, at: Tensor | None = None, rescaled: bool = False
-    ) -> Tensor:
+        self, x: np.ndarray, zero: int, at: np.ndarray | None = None, rescaled: bool = False
+    ) -> np.ndarray:
         """int64 (B, H', W', Cout) sums of weight x input, `zero` (the input's real 0) in the
         padding and between upsampled positions; with `at` (H', W') bool, only at those
         positions: (B, n, Cout) in row-major order. `rescaled`: each block of rows goes
@@ -214,42 +168,35 @@ class IntConv:
         if self.upsample > 1:
             b, h, w, c = x.shape
             u = self.upsample
-            spread = x.new_full((b, h * u, w * u, c), zero)
+            spread = np.full((b, h * u, w * u, c), zero, dtype=x.dtype)
             spread[:, ::u, ::u] = x  # its trailing zeros are the output padding
             x = spread
         pad = self.kernel // 2
         b, h, w, c = x.shape
         out_h, out_w = h + 2 * pad - self.kernel + 1, w + 2 * pad - self.kernel + 1
-        cout = self.weights[0][0].shape[1]
-        dtype = torch.int32 if rescaled else torch.int64
-        if at is not None and not bool(at.any()) or out_h * out_w == 0:
+        cout = self.weight.shape[1]
+        dtype = np.int32 if rescaled else np.int64
+        if at is not None and not at.any() or out_h * out_w == 0:
             shape = (b, 0, cout) if at is not None else (b, out_h, out_w, cout)
-            return torch.zeros(shape, dtype=dtype)
-        padded = []
-        for (plane, offset), fill in zip(planes(x), plane_values(x, zero)):
-            if pad:
-                plane = F.pad(plane.permute(0, 3, 1, 2), (pad, pad, pad, pad), value=fill)
-                plane = plane.permute(0, 2, 3, 1)
-            padded.append((plane, offset))
+            return np.zeros(shape, dtype=dtype)
+        if pad:
+            x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=zero)
         if at is not None:
-            out = torch.empty(b, int(at.sum()), cout, dtype=dtype)
+            out = np.empty((b, int(at.sum()), cout), dtype=dtype)
         else:
-            out = torch.empty(b, out_h, out_w, cout, dtype=dtype)
+            out = np.empty((b, out_h, out_w, cout), dtype=dtype)
         rows, filled = max(1, ROWS_PER_BLOCK // max(1, b * out_w)), 0
         for r in range(0, out_h, rows):
             r_end = min(out_h, r + rows)
-            if at is not None and not bool(at[r:r_end].any()):
+            if at is not None and not at[r:r_end].any():
                 continue  # rows outside a band's centre (IntegerCodePrior.params)
-            block = None
-            for plane, offset in padded:
-                cols = self._columns(plane, r, r_end, out_w)
-                cols = cols[:, at[r:r_end]] if at is not None else cols
-                for weight, weight_offset in self.weights:
-                    part = int_matmul(cols.reshape(-1, cols.shape[-1]), weight).to(torch.int64)
-                    if offset + weight_offset:
-                        part <<= offset + weight_offset
-                    block = part if block is None else block.add_(part)
-            block = block.reshape(*cols.shape[:-1], -1)
+            # the rows these outputs read, in the GEMM's float type (exact: module notes)
+            rows_in = x[:, r : r_end + self.kernel - 1].astype(self.gemm_weight.dtype)
+            cols = self._columns(rows_in, 0, r_end - r, out_w)
+            cols = cols[:, at[r:r_end]] if at is not None else cols
+            flat = cols.reshape(-1, cols.shape[-1])
+            block = (flat @ self.gemm_weight).astype(np.int64)
+            block = block.reshape(*cols.shape[:-1], cout)
             block = self.rescale(block) if rescaled else block
             if at is not None:
                 out[:, filled : filled + block.shape[1]] = block
@@ -258,26 +205,30 @@ class IntConv:
                 out[:, r:r_end] = block
         return out
 
-    def _columns(self, plane: Tensor, r: int, r_end: int, out_w: int) -> Tensor:
+    def _columns(self, x: np.ndarray, r: int, r_end: int, out_w: int) -> np.ndarray:
         """im2col of output rows r..r_end: (B, rows, W', k*k*C) in (ky, kx, c) order."""
         if self.kernel == 1:
-            return plane[:, r:r_end]
-        return torch.cat(
+            return x[:, r:r_end]
+        return np.concatenate(
             [
-                plane[:, r + dy : r_end + dy, dx : dx + out_w]
+                x[:, r + dy : r_end + dy, dx : dx + out_w]
                 for dy in range(self.kernel)
                 for dx in range(self.kernel)
             ],
             -1,
         )
 
-    def rescale(self, acc: Tensor) -> Tensor:
+    def rescale(self, acc: np.ndarray) -> np.ndarray:
         """Outputs in the output format, clamped to its range: int32, since every format
         fits in 16 bits, which halves the memory of the wide activations at large sizes."""
-        scaled = acc.mul_(self.multiplier).add_(self.rounded_bias) >> self.shift
-        return scaled.clamp_(self.scaled_low, self.scaled_high).add_(self.offset).to(torch.int32)
+        acc *= self.multiplier
+        acc += self.rounded_bias
+        acc >>= self.shift
+        np.clip(acc, self.scaled_low, self.scaled_high, out=acc)
+        acc += self.offset
+        return acc.astype(np.int32)
 
-    def __call__(self, x: Tensor, zero: int, at: Tensor | None = None) -> Tensor:
+    def __call__(self, x: np.ndarray, zero: int, at: np.ndarray | None = None) -> np.ndarray:
         return self.accumulate(x, zero, at, rescaled=True)
 
 
@@ -333,22 +284,22 @@ def int_conv(
     )
     largest = largest + np.abs(bias_units).max()
     m, shift = multipliers(acc_scale / out_scale, 61 - int(np.frexp(largest)[1]))
-    weight_t = torch.from_numpy(q.transpose(2, 3, 1, 0).reshape(-1, q.shape[0]).astype(np.int64))
     cout = q.shape[0]
     low, high = (
         limits
         if limits is not None
         else (np.full(cout, out_format.low), np.full(cout, out_format.high))
     )
-    as_int64 = lambda v: torch.from_numpy(np.asarray(v).astype(np.int64))  # noqa: E731
+    as_int64 = lambda v: np.asarray(v).astype(np.int64)  # noqa: E731
     return IntConv(
-        [(d.contiguous(), o) for d, o in weight_digits(weight_t)],
+        as_int64(q.transpose(2, 3, 1, 0).reshape(-1, cout)),
         as_int64(bias_units),
-        torch.from_numpy(m),
+        m,
         shift,
         q.shape[-1],
         as_int64(low),
         as_int64(high),
         as_int64(np.full(cout, out_format.zero)),
+        max(abs(source.low), abs(source.high), abs(source.zero)),
         2 if transposed else 1,
     )

@@ -39,6 +39,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from dqcodec.layers import GDN
+from dqcodec.models.tile_grid import tile_spans
 
 # leaf modules that act on each position alone
 _POINTWISE = (
@@ -102,30 +103,6 @@ def required_overlap(transform: nn.Module, stride: int = 1) -> int:
     transform equals the untiled one up to float rounding: 2 latents for DQModel's g_s,
     32 pixels (stride 16) for its g_a."""
     return math.ceil(receptive_radius(transform) / stride) * stride
-
-
-def tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
-    """Split [0, length) into near-equal cores of at most `tile`, each widened by `overlap`
-    on both sides (clipped to [0, length)).
-
-    Returns (start, stop, core_start, core_stop) per tile; the cores partition [0, length).
-    Depends only on its arguments.
-    """
-    if tile < 1 or overlap < 0:
-        raise ValueError(f"need tile >= 1 and overlap >= 0 (got tile={tile}, overlap={overlap})")
-    if length <= 0:
-        return []
-    n = -(-length // tile)
-    base, extra = divmod(length, n)  # the first `extra` cores get one more element
-    spans = []
-    core_start = 0
-    for i in range(n):
-        core_stop = core_start + base + (1 if i < extra else 0)
-        spans.append(
-            (max(0, core_start - overlap), min(length, core_stop + overlap), core_start, core_stop)
-        )
-        core_start = core_stop
-    return spans
 
 
 def tiled_synthesis(

@@ -1,0 +1,1 @@
+"""Decoding without torch: NumPy only."""
