@@ -1,9 +1,9 @@
-"""Peak memory and time of decoding large images: today's path against the low-memory one.
+"""Peak memory and time of decoding large images: the NumPy decoder against the torch paths.
 
 Run by hand (not part of the tests); it prints figures:
 
     python benchmarks/memory.py                       # 3840x2160 and 6000x4000, 1 round
-    python benchmarks/memory.py --rounds 2 --variants old,new,new-tile16,new-bf16
+    python benchmarks/memory.py --rounds 2 --variants old,torch,new,new-tile16
     python benchmarks/memory.py --sizes 768x512 --variants old,new --rounds 3   # small images
     python benchmarks/memory.py --variants new --rounds 2 --baseline ../dq-0.2.0   # vs 0.2.0
 
@@ -11,27 +11,28 @@ Test images are one training photo (never Kodak) cropped to the aspect ratio and
 with LANCZOS, encoded once with the shipped default quality (as `dqcodec encode -q 5`) into
 --workdir and reused. Every measurement is a fresh 'spawn' child process on --threads
 threads; the variants take turns within each round. In the child: `base` is VmRSS after
-Python, torch, the model and its integer prior are loaded; a thread samples VmRSS every
-2 ms and keeps the peak of each stage (top prior, bottom prior, top_s with the synthesis
-input, synthesis + pixels, PNG writing; the integer prior reads the top level's codes, so the
-float top_s runs after the bottom prior); `peak` is the child's VmHWM after the decode (the
-whole process), `png` its VmHWM after writing the PNG too. PSNR is against the upscaled
-original; `max|d|` is the largest pixel difference from the `old` (or `baseline`) variant's
-image of the same round.
+Python, the libraries the variant needs (torch only for the torch variants), the model and
+its integer prior are loaded; a thread samples VmRSS every 2 ms and keeps the peak of each
+stage (prior: both levels' indices; top_s with the synthesis input; synthesis + pixels; PNG
+writing); `peak` is the child's VmHWM after the decode (the whole process), `png` its VmHWM
+after writing the PNG too. PSNR is against the upscaled original; `max|d|` is the largest
+pixel difference from the `old` (or `baseline`) variant's image of the same round.
 
 Variants:
-  old        the whole-image decode: nn.Sequential g_s per tile into a full float
-             (3, H, W) image, clamp, to_image (x*255, round, uint8, copies), PIL image.
-  new        Codec.decode now: the integer prior's parameters in bands of rows, in-place
-             banded inverse GDNs, each 512-px tile turned into 8-bit pixels and pasted into
-             the PIL image at once.
+  new        the NumPy decoder (dqcodec decode, Codec.decode): no torch, the integer prior's
+             parameters in bands of rows, each synthesis tile turned into 8-bit pixels and
+             written into the image at once.
   new-tileN  new with synthesis tiles of N latents (default 32).
-  new-bf16   new with the synthesis under CPU bf16 autocast (bf16 feature maps).
   new-mmapN  new with glibc's mmap threshold fixed at N KiB (mallopt) before decoding, so
              freed large blocks go back to the system instead of fragmenting the heap.
-  baseline   with --baseline DIR: `new` with the dqcodec of DIR, a checkout of an earlier
-             commit (`git worktree add DIR 96d1814` for release 0.2.0). When it runs, the
-             time ratio and max|d| are against it instead of `old`.
+  torch      the torch model's decode of the same file: DQModel.decompress with the integer
+             prior, in-place banded inverse GDNs, each tile pasted into the image.
+  torch-bf16 torch with the synthesis under CPU bf16 autocast (bf16 feature maps).
+  old        the torch whole-image decode: nn.Sequential g_s per tile into a full float
+             (3, H, W) image, clamp, to_image, PIL image.
+  baseline   with --baseline DIR: Codec.decode of the dqcodec of DIR, a checkout of an
+             earlier commit (`git worktree add DIR 96d1814` for release 0.2.0). When it runs,
+             the time ratio and max|d| are against it instead of `old`.
 """
 
 from __future__ import annotations
@@ -113,11 +114,11 @@ def old_decode(codec, data: bytes, sampler: Sampler):
         shape = (-(-dq.height // codec.stride), -(-dq.width // codec.stride))
         point = model._points(1, dq.rate_point, None)
         ones = torch.ones(1, 1, *shape)
-        sampler.set("top prior")
+        sampler.set("prior")
         top = model.top.decompress(dq.top, ones, point, _integer_level(integer, True, ones, None))
         sampler.set("top_s")
         cond = model.condition_from_top(top["y_hat"], point)
-        sampler.set("bottom prior")
+        sampler.set("prior")
         bottom = model.bottom.decompress(
             dq.bottom, cond, point, _integer_level(integer, False, cond, top)
         )
@@ -129,10 +130,34 @@ def old_decode(codec, data: bytes, sampler: Sampler):
         return to_image(x_hat[..., : dq.height, : dq.width])
 
 
-def new_decode(codec, data: bytes, sampler: Sampler, tile: int = 32, bf16: bool = False):
-    """Codec.decode now, with the stages marked (and optionally other tiles or bf16)."""
+def new_decode(decoder, data: bytes, sampler: Sampler, tile: int = 32):
+    """The NumPy decoder (dqcodec decode), with the stages marked (and optionally other tiles)."""
+    synthesis = decoder.synthesis
+    indices, condition, tiled = decoder.decode_indices, synthesis.condition, synthesis.tiled
+
+    def staged(stage, f):
+        def g(*args, **kwargs):
+            sampler.set(stage)
+            return f(*args, **kwargs)
+
+        return g
+
+    decoder.decode_indices = staged("prior", indices)
+    synthesis.condition = staged("top_s", condition)
+    synthesis.tiled = staged("synthesis+pixels", lambda y, write: tiled(y, write, tile))
+    try:
+        return decoder.decode(data, 1 << 40)
+    finally:
+        del decoder.decode_indices, synthesis.condition, synthesis.tiled
+
+
+def torch_decode(codec, data: bytes, sampler: Sampler, bf16: bool = False):
+    """The torch model's tile-to-pixels decode (DQModel.decompress, the integer prior, each
+    synthesis tile pasted into the image), with the stages marked (optionally bf16)."""
     import torch
 
+    from dqcodec.codec import TileWriter
+    from dqcodec.container import DQFile
     from dqcodec.models import dq as dq_module
 
     model = codec.model
@@ -151,17 +176,26 @@ def new_decode(codec, data: bytes, sampler: Sampler, tile: int = 32, bf16: bool 
         sampler.set("synthesis+pixels")
         if bf16:
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                return tiled(
-                    lambda t: g_s(t).float(), y.to(torch.bfloat16), stride, tile, write=write
-                )
-        return tiled(g_s, y, stride, tile, write=write)
+                return tiled(lambda t: g_s(t).float(), y.to(torch.bfloat16), stride, write=write)
+        return tiled(g_s, y, stride, write=write)
 
-    model.top.decompress = staged("top prior", top_d)
+    model.top.decompress = staged("prior", top_d)
     model.condition_from_top = staged("top_s", top_s)
-    model.bottom.decompress = staged("bottom prior", bottom_d)
+    model.bottom.decompress = staged("prior", bottom_d)
     dq_module.tiled_synthesis = synthesis
+    dq = DQFile.from_bytes(data)
+    shape = (-(-dq.height // codec.stride), -(-dq.width // codec.stride))
+    rgb = TileWriter(dq.width, dq.height)
     try:
-        return codec.decode(data)
+        with torch.inference_mode():
+            model.decompress(
+                [dq.top, dq.bottom],
+                shape,
+                dq.rate_point,
+                integer=codec.integer_model(dq.rate_point),
+                write=rgb,
+            )
+        return rgb.image
     finally:
         dq_module.tiled_synthesis = tiled
         del model.top.decompress, model.bottom.decompress, model.condition_from_top
@@ -174,17 +208,26 @@ def _decode_child(
         sampler = Sampler()
         if variant == "baseline":
             sys.path.insert(0, baseline)  # the earlier checkout's dqcodec
+        from dqcodec.runtime import use_threads
+
+        use_threads(threads)  # before NumPy and torch load
         import numpy as np
-        import torch
         from PIL import Image
 
-        from dqcodec.codec import codec_for_file
         from dqcodec.container import DQFile
 
-        torch.set_num_threads(threads)
         data = Path(dq_path).read_bytes()
-        codec = codec_for_file(data)
-        codec.integer_model(DQFile.from_bytes(data).rate_point)
+        point = DQFile.from_bytes(data).rate_point
+        on_torch = variant in ("old", "torch", "torch-bf16", "baseline")
+        if on_torch:
+            from dqcodec.codec import codec_for_file
+
+            decoder = codec_for_file(data)
+        else:
+            from dqcodec.decoding import decoder_for_file
+
+            decoder = decoder_for_file(data)
+        decoder.integer_model(point)
         if variant.startswith("new-mmap"):
             import ctypes
 
@@ -194,11 +237,15 @@ def _decode_child(
         sampler.set("base")
         t0 = time.perf_counter()
         if variant == "old":
-            image = old_decode(codec, data, sampler)
+            image = old_decode(decoder, data, sampler)
+        elif variant == "baseline":
+            image = decoder.decode(data, max_pixels=1 << 40)
+        elif variant.startswith("torch"):
+            image = torch_decode(decoder, data, sampler, bf16=variant == "torch-bf16")
         elif variant.startswith("new-tile"):
-            image = new_decode(codec, data, sampler, tile=int(variant[len("new-tile") :]))
+            image = new_decode(decoder, data, sampler, tile=int(variant[len("new-tile") :]))
         else:
-            image = new_decode(codec, data, sampler, bf16=variant == "new-bf16")
+            image = new_decode(decoder, data, sampler)
         seconds = time.perf_counter() - t0
         peak = status_mb("VmHWM")
         sampler.set("png")

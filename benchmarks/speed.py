@@ -400,6 +400,7 @@ def busy_core(enabled: bool):
         return
     spinner = mp.get_context("spawn").Process(target=_spin, daemon=True)
     spinner.start()
+    time.sleep(1.0)  # until it spins
     try:
         yield
     finally:
@@ -514,10 +515,14 @@ def main(argv=None) -> int:
         timings = []
         for load in loads:
             with busy_core(load == "busy"):
+                # the count a dqcodec command would choose now: chosen here, in a steady
+                # state, as a child just spawned would count its parent's spawning as load
+                threads = thread_count(args.threads)
+                print(f"  {load}: {threads} thread(s)", flush=True)
                 timings += [
                     (load, name, samples)
                     for name, samples in time_codecs(
-                        timed, image, args.runs, args.rounds, args.model, args.threads, args.effort
+                        timed, image, args.runs, args.rounds, args.model, threads, args.effort
                     ).items()
                 ]
         for load, name, samples in timings:

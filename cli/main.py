@@ -157,6 +157,7 @@ def quality_option(help_text: str, default: bool = True) -> dict:
 )
 def main(threads):
     """dqcodec: a learned image codec built on Depthwise Quantization."""
+    use_threads(threads)  # before NumPy loads, which sizes BLAS's threads then
 
 
 def configure_threads() -> None:

@@ -8,14 +8,17 @@ descheduled, on every one of the prior's many small kernels); 1 thread 0.59 s id
 beside it. A passive OpenMP wait policy (OMP_WAIT_POLICY=PASSIVE) gave 0.58 s busy but 0.50 s
 idle, and GOMP_SPINCOUNT=20000 0.35 s idle but 1.3 s busy. So the wait policy stays the
 default and the thread count follows the load: threads never spin on a core another process
-needs, and an idle machine keeps its speed. Decoding runs NumPy's BLAS (OpenBLAS: threads
-that sleep when idle) on the same count."""
+needs, and an idle machine keeps its speed. The NumPy work (the integer prior, the decoder)
+runs its blocks of rows on as many threads of dqcodec's own (`parallel_map`)."""
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 THREADS_ENV = "DQCODEC_THREADS"
@@ -82,18 +85,54 @@ def thread_count(requested: int | None = None) -> int:
     return idle_cores()
 
 
-# NumPy's BLAS sizes its thread pool when it loads, torch (OpenMP) as well unless told later
-THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# NumPy's OpenBLAS sizes its thread pool when it loads: one thread, since dqcodec splits its
+# NumPy work over threads of its own (`parallel_map`); an idle OpenBLAS thread spins and would
+# take a core from them. torch (OpenMP) gets the count. (Not MKL_NUM_THREADS: torch reads it
+# too, as its own thread count.)
+BLAS_VARIABLES = ("OPENBLAS_NUM_THREADS",)
+_workers: int | None = None
+_pool: ThreadPoolExecutor | None = None
+_in_pool = threading.local()
 
 
 def use_threads(requested: int | None = None) -> int:
-    """Run NumPy's BLAS (the decoder) and torch (the encoder) on thread_count(requested)
-    threads: NumPy's count takes effect if it has not loaded yet (the command line sets it
-    before), torch's at once if it has loaded, else when it loads."""
-    count = thread_count(requested)
-    for name in THREAD_VARIABLES:
-        os.environ[name] = str(count)
+    """Run dqcodec's NumPy work (the integer prior, the decoder) and torch (the encoder's
+    transforms) on thread_count(requested) threads; BLAS on one thread if NumPy has not
+    loaded yet (the command line calls this before)."""
+    global _workers
+    count = _workers = thread_count(requested)
+    if "numpy" not in sys.modules:
+        for name in BLAS_VARIABLES:
+            os.environ[name] = "1"
+    os.environ["OMP_NUM_THREADS"] = str(count)
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(count)
     return count
+
+
+def workers() -> int:
+    """Threads of `parallel_map`: use_threads' count, else thread_count() when first asked."""
+    global _workers
+    if _workers is None:
+        _workers = thread_count()
+    return _workers
+
+
+def parallel_map(function: Callable, items: Iterable) -> list:
+    """[function(item) for item in items] on workers() threads: NumPy releases the GIL in
+    its kernels and BLAS calls, so independent blocks of an array computation run in
+    parallel. Serial with one worker, and inside a worker (no nested waits on the pool)."""
+    global _pool
+    items = list(items)
+    count = workers()
+    if count == 1 or len(items) < 2 or getattr(_in_pool, "active", False):
+        return [function(item) for item in items]
+    if _pool is None or _pool._max_workers != count:
+        _pool = ThreadPoolExecutor(count, thread_name_prefix="dqcodec")
+
+    def in_worker(item):
+        _in_pool.active = True
+        return function(item)
+
+    return list(_pool.map(in_worker, items))

@@ -43,3 +43,14 @@ def test_a_busy_process_is_seen():
     finally:
         spinner.kill()
         spinner.wait()
+
+
+def test_use_threads_sizes_numpy_and_torch_before_they_load():
+    code = (
+        "import os, sys; from dqcodec import runtime; runtime.use_threads(1); "
+        "assert 'numpy' not in sys.modules and 'torch' not in sys.modules; "
+        "import torch; print(os.environ['OPENBLAS_NUM_THREADS'], torch.get_num_threads())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "1"]

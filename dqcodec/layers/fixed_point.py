@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dqcodec.runtime import parallel_map, workers
+
 INT8_MIN, INT8_MAX = -128, 127
 WIDE_BITS = 16  # wide (pre-activation) values index lookup tables of 2^16 entries
 WIDE_MAX = (1 << (WIDE_BITS - 1)) - 1
@@ -185,24 +187,28 @@ class IntConv:
             out = np.empty((b, int(at.sum()), cout), dtype=dtype)
         else:
             out = np.empty((b, out_h, out_w, cout), dtype=dtype)
-        rows, filled = max(1, ROWS_PER_BLOCK // max(1, b * out_w)), 0
-        for r in range(0, out_h, rows):
-            r_end = min(out_h, r + rows)
-            if at is not None and not at[r:r_end].any():
-                continue  # rows outside a band's centre (IntegerCodePrior.params)
+        rows = max(1, min(ROWS_PER_BLOCK // max(1, b * out_w), -(-out_h // workers())))
+        starts = range(0, out_h, rows)
+        counts = [0] + [int(at[r : r + rows].sum()) for r in starts] if at is not None else []
+        filled = np.cumsum(counts)  # where each block's positions go in `out`, with `at`
+
+        def block(i: int) -> None:  # blocks write disjoint parts of `out`: one per thread
+            r, r_end = starts[i], min(out_h, starts[i] + rows)
+            if at is not None and filled[i] == filled[i + 1]:
+                return  # rows outside a band's centre (IntegerCodePrior.params)
             # the rows these outputs read, in the GEMM's float type (exact: module notes)
             rows_in = x[:, r : r_end + self.kernel - 1].astype(self.gemm_weight.dtype)
             cols = self._columns(rows_in, 0, r_end - r, out_w)
             cols = cols[:, at[r:r_end]] if at is not None else cols
-            flat = cols.reshape(-1, cols.shape[-1])
-            block = (flat @ self.gemm_weight).astype(np.int64)
-            block = block.reshape(*cols.shape[:-1], cout)
-            block = self.rescale(block) if rescaled else block
+            sums = (cols.reshape(-1, cols.shape[-1]) @ self.gemm_weight).astype(np.int64)
+            sums = sums.reshape(*cols.shape[:-1], cout)
+            sums = self.rescale(sums) if rescaled else sums
             if at is not None:
-                out[:, filled : filled + block.shape[1]] = block
-                filled += block.shape[1]
+                out[:, filled[i] : filled[i + 1]] = sums
             else:
-                out[:, r:r_end] = block
+                out[:, r:r_end] = sums
+
+        parallel_map(block, range(len(starts)))
         return out
 
     def _columns(self, x: np.ndarray, r: int, r_end: int, out_w: int) -> np.ndarray:

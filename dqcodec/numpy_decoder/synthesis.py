@@ -20,6 +20,7 @@ import numpy as np
 
 from dqcodec.models.config import ModelConfig
 from dqcodec.models.tile_grid import tile_spans
+from dqcodec.runtime import parallel_map, workers
 
 __all__ = ["Synthesis", "erf"]
 
@@ -126,8 +127,9 @@ class _Deconv:
         out = _empty_padded(*shape) if pad_output else np.empty(shape, np.float32)
         inner = out[1:-1, 1:-1] if pad_output else out
         columns = 36 * cout if self.narrow else 9 * self.taps.shape[1]
-        rows = max(1, _BLOCK_ELEMENTS // max(1, width * columns))
-        for start in range(0, height, rows):
+        rows = max(1, min(_BLOCK_ELEMENTS // max(1, width * columns), -(-height // workers())))
+
+        def block(start: int) -> None:  # blocks write disjoint rows: one per thread
             stop = min(height, start + rows)
             phases = (
                 self._planes(padded, start, stop)
@@ -138,6 +140,8 @@ class _Deconv:
             if self.after is not None:
                 self.after(phases.reshape(-1, cout))
             _pixel_shuffle_into(inner[2 * start : 2 * stop], phases, width)
+
+        parallel_map(block, range(0, height, rows))
         return out
 
     def _im2col_gemms(self, padded: np.ndarray, start: int, stop: int) -> np.ndarray:
