@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -27,6 +27,7 @@ from dqcodec.models.encoder_search import DEFAULT_EFFORT, encoder_features
 from dqcodec.numpy_decoder.decoder import (
     Decoder,
     alpha_plane,
+    check_model,
     index_checksum,
     latent_shape,
     with_mode,
@@ -175,35 +176,26 @@ class Codec:
         weights = {k: v.numpy() for k, v in self.model.state_dict().items()}
         return Decoder(self.model.config, weights, self.calibration, self.policy)
 
-    def decode(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-        dq = DQFile.from_bytes(data)
-        if dq.version > 1:
-            if self.policy is None:
-                raise DQError("this codec has no integer prior; files of format version 2 need one")
-            return self.decoder.decode(data, max_pixels)
-        return self.decode_float_prior(dq, max_pixels)
-
     @torch.inference_mode()
-    def decode_float_prior(self, dq: DQFile, max_pixels: int) -> Image.Image:
-        """Files of format version 1, with the float prior and the thread count it needs."""
-        if dq.model_id != self.float_model_id:
-            raise DQError(
-                f"file was encoded with model {dq.model_id.hex()} (quality {dq.quality}), "
-                f"not with this one ({self.float_model_id.hex()}); pass the matching --model"
-            )
-        if dq.rate_point >= self.model.config.rate_points:
-            raise DQError(
-                f"corrupt .dq header: rate point {dq.rate_point}, but the model has "
-                f"{self.model.config.rate_points}"
-            )
+    def decode(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+        """The torch model's decode: the integer prior's codes (as the NumPy decoder makes
+        them), then the torch synthesis, faster than NumPy's once torch is loaded. Files of
+        format version 1 decode with the float prior, with the threads they need."""
+        dq = DQFile.from_bytes(data)
+        if dq.version > 1 and self.policy is None:
+            raise DQError("this codec has no integer prior; files of format version 2 need one")
+        check_model(dq, self.float_model_id if dq.version == 1 else self.model_id, self.model)
         shape = latent_shape(dq, self.stride, max_pixels)
         alpha = alpha_plane(dq)
         # the synthesis writes each tile's 8-bit pixels straight into the image: no
         # full-size float image is held (docs/performance.md, "Memory of large images")
         rgb = TileWriter(dq.width, dq.height)
+        integer = None if dq.version == 1 else self.integer_model(dq.rate_point)
         try:
-            with fixed_threads():
-                out = self.model.decompress([dq.top, dq.bottom], shape, dq.rate_point, write=rgb)
+            with fixed_threads() if integer is None else nullcontext():
+                out = self.model.decompress(
+                    [dq.top, dq.bottom], shape, dq.rate_point, integer=integer, write=rgb
+                )
         except (ValueError, RuntimeError) as exc:
             raise DQError(f"cannot decode the .dq payload ({exc})") from None
         if index_checksum(out["indices"]["top"], out["indices"]["bottom"]) != dq.index_crc:

@@ -1,9 +1,14 @@
-"""Which decoder decodes a .dq file: files of format version 2 (every file dqcodec writes)
-decode with NumPy alone (numpy_decoder), files of format version 1 with the float prior of
-the torch model (codec.Codec), which loads torch only then."""
+"""Which decoder decodes a .dq file.
+
+Files of format version 2 (every file dqcodec writes) up to NUMPY_MAX_PIXELS decode with NumPy
+alone (numpy_decoder): no torch to import, which is most of a small image's time. Larger ones
+decode with the torch model (codec.Codec), whose synthesis is about twice as fast as NumPy's:
+from about 4 megapixels on, that gains more than importing torch costs (docs/performance.md).
+Files of format version 1 need the float prior, which is torch's."""
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -11,6 +16,8 @@ from dqcodec import zoo
 from dqcodec.container import DQFile
 from dqcodec.errors import DQError
 from dqcodec.numpy_decoder.decoder import Decoder
+
+NUMPY_MAX_PIXELS = 1 << 22  # padded to the model's stride of 64
 
 
 def decoder_for_file(data: bytes, path: str | Path | None = None):
@@ -25,12 +32,19 @@ def decoder_for_file(data: bytes, path: str | Path | None = None):
                 "pass it with --model"
             )
         path = levels[dq.quality].weights
-    decoder = load_decoder(str(path)) if dq.version > 1 else None
+    decoder = load_decoder(str(path)) if numpy_decodes(dq) else None
     if decoder is None:
         from dqcodec.codec import codec_for_file
 
         return codec_for_file(data, path)
     return decoder
+
+
+def numpy_decodes(dq: DQFile) -> bool:
+    """Whether the NumPy decoder is the faster: a file of format version 2, small enough, in a
+    program that has not loaded torch already."""
+    padded = -(-dq.height // 64) * -(-dq.width // 64) * 64 * 64
+    return dq.version > 1 and padded <= NUMPY_MAX_PIXELS and "torch" not in sys.modules
 
 
 @lru_cache(maxsize=4)

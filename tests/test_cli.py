@@ -485,3 +485,22 @@ def test_stdin_needs_an_output_and_batches_create_their_folder(tmp_path, model_f
     assert (tmp_path / "new" / "out" / "in.dq").is_file()
     # the second input would overwrite the first's output: that file fails, exit status 1
     assert run("encode", src, src, "-d", tmp_path / "two", "--model", model_file).exit_code == 1
+
+
+def test_large_files_decode_with_torch_small_ones_with_numpy(monkeypatch):
+    """decoding.decoder_for_file: NumPy where start-up is most of the time, torch's faster
+    synthesis for large images and in programs that have loaded torch already."""
+    import dqcodec.decoding as decoding
+    from dqcodec.codec import Codec, load_codec
+    from dqcodec.numpy_decoder.decoder import Decoder
+
+    data = load_codec(1).encode(photo(200, 130), effort=0)
+    assert isinstance(decoding.decoder_for_file(data), Codec)  # this process has torch
+    monkeypatch.delitem(sys.modules, "torch")
+    numpy_made = decoding.decoder_for_file(data)
+    assert isinstance(numpy_made, Decoder)
+    monkeypatch.setattr(decoding, "NUMPY_MAX_PIXELS", 256 * 128)
+    assert isinstance(decoding.decoder_for_file(data), Codec)
+    monkeypatch.undo()
+    pixels = [np.asarray(d.decode(data, 1 << 26), dtype=int) for d in (numpy_made, load_codec(1))]
+    assert np.abs(pixels[0] - pixels[1]).max() <= 1

@@ -77,7 +77,7 @@ def no_model(codec, monkeypatch):
     def refuse(*args, **kwargs):
         raise ReachedModel("decode ran the model")
 
-    monkeypatch.setattr(codec.decoder, "decode_indices", refuse)
+    monkeypatch.setattr(codec.model, "decompress", refuse)
     return codec
 
 
@@ -89,13 +89,19 @@ def with_fields(sample, **fields) -> bytes:
 # --- the fuzz loop -----------------------------------------------------------------------
 
 
-def test_fuzz_cases_are_refused_or_decoded_correctly(codec, samples):
+@pytest.fixture(scope="module", params=["torch", "numpy"])
+def decoder(request, codec):
+    """Each decoder of format-2 files: the torch model's, and NumPy's (numpy_decoder)."""
+    return codec if request.param == "torch" else codec.decoder
+
+
+def test_fuzz_cases_are_refused_or_decoded_correctly(codec, decoder, samples):
     failures = []
     kinds = set()
     for i in range(N_CASES):
         case = fz.make_case(SEED, i, samples, FAST_KINDS, codec)
         kinds.add(case.kind)
-        r = fz.run_case(codec, case, time_limit=5.0, mem_mb=200.0)
+        r = fz.run_case(decoder, case, time_limit=5.0, mem_mb=200.0)
         if r.outcome not in ("refused", "ok") or r.memory:
             failures.append(
                 f"case {i} {case.kind}: {case.what} -> {r.outcome}: {r.message}\n{r.trace}"
@@ -104,13 +110,13 @@ def test_fuzz_cases_are_refused_or_decoded_correctly(codec, samples):
     assert len(kinds) >= len(FAST_KINDS) - 2  # the seed exercises (almost) every mutation
 
 
-def test_corrupt_payload_with_fixed_crc_is_refused(codec, samples):
+def test_corrupt_payload_with_fixed_crc_is_refused(decoder, samples):
     """Garbage reaches the range decoder (the container CRC is recomputed): a DQError, or an
     image identical to the clean decode when the damage hit bits the decoder never reads."""
     refused = 0
     for i in range(60):
         case = fz.make_case(SEED + 1, i, samples, ["payload-crc-fixed"])
-        r = fz.run_case(codec, case)
+        r = fz.run_case(decoder, case)
         assert r.outcome in ("refused", "ok"), f"{case.what}: {r.outcome} {r.message}\n{r.trace}"
         refused += r.outcome == "refused"
         if r.outcome == "refused":
@@ -164,7 +170,7 @@ def test_max_pixels_can_be_raised(codec, sample, monkeypatch):
     def reached(*args, **kwargs):
         raise ReachedModel()
 
-    monkeypatch.setattr(codec.decoder, "decode_indices", reached)
+    monkeypatch.setattr(codec.model, "decompress", reached)
     with pytest.raises(ReachedModel):
         codec.decode(big, max_pixels=10**11)
 

@@ -17,8 +17,10 @@ import torch.nn.functional as F
 from integer_reference import frequencies, model_tables
 from PIL import Image
 
+from dqcodec import zoo
 from dqcodec.codec import Codec, load_codec
 from dqcodec.container import DQFile
+from dqcodec.decoding import load_decoder
 from dqcodec.entropy_models import integer_prior
 from dqcodec.entropy_models.calibration import calibrate_synthesized
 from dqcodec.entropy_models.integer_prior import (
@@ -211,13 +213,17 @@ def test_files_from_release_0_1_0_decode(quality):
     assert np.array_equal(np.asarray(decoded), np.asarray(expected))
 
 
+@pytest.mark.parametrize("numpy_decoder", [False, True])
 @pytest.mark.parametrize("quality", [1, 5, 9])
-def test_files_from_release_0_2_0_decode(quality):
+def test_files_from_release_0_2_0_decode(quality, numpy_decoder):
     """Format version 2 (the integer prior): the same codes on every machine (the index
-    checksum in the file is checked), the pixels 0.2.0 decoded within 1 grey level."""
+    checksum in the file is checked), the pixels 0.2.0 decoded within 1 grey level, with the
+    torch model's decoder and with NumPy's."""
     data = (DATA / f"release-0.2.0-q{quality}.dq").read_bytes()
     assert DQFile.from_bytes(data).version == 2
-    decoded = np.asarray(load_codec(quality).decode(data), dtype=np.int16)
+    codec = load_codec(quality)
+    decoder = load_decoder(str(zoo.shipped_models()[quality].weights)) if numpy_decoder else codec
+    decoded = np.asarray(decoder.decode(data, 1 << 26), dtype=np.int16)
     expected = np.asarray(Image.open(DATA / f"release-0.2.0-q{quality}.png"), dtype=np.int16)
     assert decoded.shape == expected.shape
     assert np.abs(decoded - expected).max() <= 1

@@ -78,16 +78,7 @@ class Decoder:
     def check_compatible(self, dq: DQFile) -> None:
         if dq.version == 1:
             raise DQError("files of format version 1 decode with the float prior (Codec)")
-        if dq.model_id != self.model_id:
-            raise DQError(
-                f"file was encoded with model {dq.model_id.hex()} (quality {dq.quality}), "
-                f"not with this one ({self.model_id.hex()}); pass the matching --model"
-            )
-        if dq.rate_point >= self.config.rate_points:
-            raise DQError(
-                f"corrupt .dq header: rate point {dq.rate_point}, but the model has "
-                f"{self.config.rate_points}"
-            )
+        check_model(dq, self.model_id, self)
 
     def decode_indices(self, dq: DQFile, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Top (1, G, h, w) and bottom (1, G, 4h, 4w) indices of the file's two payloads."""
@@ -122,6 +113,20 @@ class Decoder:
             top_y /= np.exp(self.weights["top_gain"][point])
         cond = self.synthesis.condition(top_y)
         return np.concatenate([bottom_y, cond], -1)
+
+
+def check_model(dq: DQFile, model_id: bytes, model) -> None:
+    """Refuses a file of another model (id), or naming a rate point `model.config` lacks."""
+    if dq.model_id != model_id:
+        raise DQError(
+            f"file was encoded with model {dq.model_id.hex()} (quality {dq.quality}), "
+            f"not with this one ({model_id.hex()}); pass the matching --model"
+        )
+    if dq.rate_point >= model.config.rate_points:
+        raise DQError(
+            f"corrupt .dq header: rate point {dq.rate_point}, but the model has "
+            f"{model.config.rate_points}"
+        )
 
 
 def _decode_level(payload: bytes, prior, cond: np.ndarray) -> np.ndarray:
