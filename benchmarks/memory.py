@@ -19,14 +19,15 @@ after writing the PNG too. PSNR is against the upscaled original; `max|d|` is th
 pixel difference from the `old` (or `baseline`) variant's image of the same round.
 
 Variants:
-  new        the NumPy decoder (dqcodec decode, Codec.decode): no torch, the integer prior's
-             parameters in bands of rows, each synthesis tile turned into 8-bit pixels and
-             written into the image at once.
+  new        the NumPy decoder (what dqcodec decode uses up to 4 megapixels): no torch, the
+             integer prior's parameters in bands of rows, each synthesis tile turned into
+             8-bit pixels and written into the image at once.
   new-tileN  new with synthesis tiles of N latents (default 32).
   new-mmapN  new with glibc's mmap threshold fixed at N KiB (mallopt) before decoding, so
              freed large blocks go back to the system instead of fragmenting the heap.
-  torch      the torch model's decode of the same file: DQModel.decompress with the integer
-             prior, in-place banded inverse GDNs, each tile pasted into the image.
+  torch      the torch model's decode (Codec.decode; dqcodec decode above 4 megapixels):
+             DQModel.decompress with the integer prior, in-place banded inverse GDNs, each
+             tile pasted into the image.
   torch-bf16 torch with the synthesis under CPU bf16 autocast (bf16 feature maps).
   old        the torch whole-image decode: nn.Sequential g_s per tile into a full float
              (3, H, W) image, clamp, to_image, PIL image.
@@ -223,10 +224,12 @@ def _decode_child(
             from dqcodec.codec import codec_for_file
 
             decoder = codec_for_file(data)
-        else:
-            from dqcodec.decoding import decoder_for_file
+        else:  # the NumPy decoder, whatever the size (dqcodec decode takes it up to 4 MP)
+            from dqcodec import zoo
+            from dqcodec.decoding import load_decoder
 
-            decoder = decoder_for_file(data)
+            quality = DQFile.from_bytes(data).quality
+            decoder = load_decoder(str(zoo.shipped_models()[quality].weights))
         decoder.integer_model(point)
         if variant.startswith("new-mmap"):
             import ctypes

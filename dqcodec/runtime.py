@@ -85,25 +85,29 @@ def thread_count(requested: int | None = None) -> int:
     return idle_cores()
 
 
-# NumPy's OpenBLAS sizes its thread pool when it loads: one thread, since dqcodec splits its
-# NumPy work over threads of its own (`parallel_map`); an idle OpenBLAS thread spins and would
-# take a core from them. torch (OpenMP) gets the count. (Not MKL_NUM_THREADS: torch reads it
-# too, as its own thread count.)
+# NumPy's OpenBLAS sizes its thread pool when it loads. Where dqcodec loads NumPy itself (the
+# command line calls use_threads first), OpenBLAS gets one thread and dqcodec's NumPy work runs
+# its blocks on threads of its own (`parallel_map`): an idle OpenBLAS thread spins and would
+# take a core from them. In a program that loaded NumPy before, OpenBLAS keeps its threads and
+# the blocks run one after another. torch (OpenMP) gets the count. (Not MKL_NUM_THREADS:
+# torch reads it too, as its own thread count.)
 BLAS_VARIABLES = ("OPENBLAS_NUM_THREADS",)
-_workers: int | None = None
+_blas_single = False  # OpenBLAS was given one thread before NumPy loaded
+_workers = 1
 _pool: ThreadPoolExecutor | None = None
 _in_pool = threading.local()
 
 
 def use_threads(requested: int | None = None) -> int:
     """Run dqcodec's NumPy work (the integer prior, the decoder) and torch (the encoder's
-    transforms) on thread_count(requested) threads; BLAS on one thread if NumPy has not
-    loaded yet (the command line calls this before)."""
-    global _workers
-    count = _workers = thread_count(requested)
+    transforms) on thread_count(requested) threads."""
+    global _blas_single, _workers
+    count = thread_count(requested)
     if "numpy" not in sys.modules:
         for name in BLAS_VARIABLES:
             os.environ[name] = "1"
+        _blas_single = True
+    _workers = count if _blas_single else 1
     os.environ["OMP_NUM_THREADS"] = str(count)
     torch = sys.modules.get("torch")
     if torch is not None:
@@ -112,10 +116,7 @@ def use_threads(requested: int | None = None) -> int:
 
 
 def workers() -> int:
-    """Threads of `parallel_map`: use_threads' count, else thread_count() when first asked."""
-    global _workers
-    if _workers is None:
-        _workers = thread_count()
+    """Threads of `parallel_map` (1 unless use_threads gave OpenBLAS one thread)."""
     return _workers
 
 

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -54,3 +55,18 @@ def test_use_threads_sizes_numpy_and_torch_before_they_load():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1", "1"]
+
+
+def test_parallel_map_keeps_order_and_runs_nested_calls_serially(monkeypatch):
+    monkeypatch.setattr(runtime, "_workers", 2)
+    names = set()
+
+    def inner(i):
+        names.add(threading.current_thread().name)
+        return i * i
+
+    def outer(i):  # a map inside a worker must not wait on the busy pool
+        return sum(runtime.parallel_map(inner, range(i)))
+
+    assert runtime.parallel_map(outer, range(6)) == [sum(j * j for j in range(i)) for i in range(6)]
+    assert names and all(name.startswith("dqcodec") for name in names)
