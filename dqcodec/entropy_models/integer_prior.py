@@ -102,7 +102,7 @@ DECREASING = Policy(
 )
 # What measurement asks for instead: the rate is sensitive to the codes coming in and to the
 # head's mean and log-scale going out; the layers between take 8 bits, the residual blocks
-# 7-bit weights (one int8 digit each, see fixed_point.weight_digits: half the GEMMs)
+# 7-bit weights (which kept their GEMMs float32-exact, and once made them one int8 digit each)
 PRECISE_ENDS = Policy(
     "precise-ends",
     {

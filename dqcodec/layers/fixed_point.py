@@ -3,7 +3,7 @@ rescaling, and lookup tables derived the same way on every machine.
 
 Exactness rests on two rules:
 
-* Tensor arithmetic is integer arithmetic. A convolution is a GEMM of integers carried in
+* Array arithmetic is integer arithmetic. A convolution is a GEMM of integers carried in
   float32 where no sum of its products' magnitudes reaches 2^24, else in float64 (2^53):
   every partial sum is then an exact integer, whatever the BLAS's order of summation, vector
   width, FMA or thread count. Rescaling is int64. No rounded floating-point value ever
