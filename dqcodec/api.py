@@ -50,7 +50,7 @@ def decode(
     data: DQInput, model: str | Path | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> Image.Image:
     """data: the bytes of a .dq file, its path, or a binary file object open for reading.
-    Decoding needs NumPy alone (no torch) for every file dqcodec writes."""
+    Images up to 4 megapixels decode with NumPy alone (dqcodec.decoding)."""
     from dqcodec.decoding import decoder_for_file
 
     data = _read(data)

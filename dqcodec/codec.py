@@ -184,7 +184,8 @@ class Codec:
         dq = DQFile.from_bytes(data)
         if dq.version > 1 and self.policy is None:
             raise DQError("this codec has no integer prior; files of format version 2 need one")
-        check_model(dq, self.float_model_id if dq.version == 1 else self.model_id, self.model)
+        model_id = self.float_model_id if dq.version == 1 else self.model_id
+        check_model(dq, model_id, self.model.config.rate_points)
         shape = latent_shape(dq, self.stride, max_pixels)
         alpha = alpha_plane(dq)
         # the synthesis writes each tile's 8-bit pixels straight into the image: no
@@ -276,9 +277,5 @@ def codec_for_file(data: bytes, path: str | Path | None = None) -> Codec:
     if path is not None:
         return load_codec(path=path)
     dq = DQFile.from_bytes(data)
-    if dq.quality in zoo.shipped_models():
-        return load_codec(dq.quality)
-    raise DQError(
-        f"file was encoded with a model that is not shipped (id {dq.model_id.hex()}); "
-        "pass it with --model"
-    )
+    zoo.shipped_level(dq.quality, dq.model_id)  # refuses a model that is not shipped
+    return load_codec(dq.quality)

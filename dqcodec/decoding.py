@@ -14,7 +14,6 @@ from pathlib import Path
 
 from dqcodec import zoo
 from dqcodec.container import DQFile
-from dqcodec.errors import DQError
 from dqcodec.numpy_decoder.decoder import Decoder
 
 NUMPY_MAX_PIXELS = 1 << 22  # padded to the model's stride of 64
@@ -24,20 +23,14 @@ def decoder_for_file(data: bytes, path: str | Path | None = None):
     """The decoder of `data` (its .decode(data, max_pixels) makes the image): with the given
     model file, else the shipped model the file names."""
     dq = DQFile.from_bytes(data)
-    if path is None:
-        levels = zoo.shipped_models()
-        if dq.quality not in levels:
-            raise DQError(
-                f"file was encoded with a model that is not shipped (id {dq.model_id.hex()}); "
-                "pass it with --model"
-            )
-        path = levels[dq.quality].weights
-    decoder = load_decoder(str(path)) if numpy_decodes(dq) else None
-    if decoder is None:
-        from dqcodec.codec import codec_for_file
+    if numpy_decodes(dq):
+        weights = path if path is not None else zoo.shipped_level(dq.quality, dq.model_id).weights
+        decoder = load_decoder(str(weights))
+        if decoder is not None:
+            return decoder
+    from dqcodec.codec import codec_for_file
 
-        return codec_for_file(data, path)
-    return decoder
+    return codec_for_file(data, path)
 
 
 def numpy_decodes(dq: DQFile) -> bool:

@@ -94,7 +94,7 @@ def thread_count(requested: int | None = None) -> int:
 BLAS_VARIABLES = ("OPENBLAS_NUM_THREADS",)
 _blas_single = False  # OpenBLAS was given one thread before NumPy loaded
 _workers = 1
-_pool: ThreadPoolExecutor | None = None
+_pools: dict[int, ThreadPoolExecutor] = {}  # by size
 _in_pool = threading.local()
 
 
@@ -124,16 +124,15 @@ def parallel_map(function: Callable, items: Iterable) -> list:
     """[function(item) for item in items] on workers() threads: NumPy releases the GIL in
     its kernels and BLAS calls, so independent blocks of an array computation run in
     parallel. Serial with one worker, and inside a worker (no nested waits on the pool)."""
-    global _pool
     items = list(items)
     count = workers()
     if count == 1 or len(items) < 2 or getattr(_in_pool, "active", False):
         return [function(item) for item in items]
-    if _pool is None or _pool._max_workers != count:
-        _pool = ThreadPoolExecutor(count, thread_name_prefix="dqcodec")
+    if count not in _pools:
+        _pools[count] = ThreadPoolExecutor(count, thread_name_prefix="dqcodec")
 
     def in_worker(item):
         _in_pool.active = True
         return function(item)
 
-    return list(_pool.map(in_worker, items))
+    return list(_pools[count].map(in_worker, items))

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import load_file
 
 from dqcodec.errors import DQError
 from dqcodec.models.config import ModelConfig
@@ -59,6 +58,17 @@ def shipped_models() -> dict[int, Level]:
         )
         for q, entry in sorted(levels.items(), key=lambda kv: int(kv[0]))
     }
+
+
+def shipped_level(quality: int, model_id: bytes) -> Level:
+    """The shipped level a file names by its quality; refuses a file of a model not shipped."""
+    levels = shipped_models()
+    if quality not in levels:
+        raise ModelError(
+            f"file was encoded with a model that is not shipped (id {model_id.hex()}); "
+            "pass it with --model"
+        )
+    return levels[quality]
 
 
 def default_quality() -> int:
@@ -185,7 +195,7 @@ def read_weights(path: Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     try:
         with safe_open(str(path), framework="np") as f:
             meta = f.metadata() or {}
-        stored = load_file(str(path))
+            stored = {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelError(f"{path} is not a safetensors model file ({exc})") from None
     if meta.get("format") != "dqcodec" or "config" not in meta:

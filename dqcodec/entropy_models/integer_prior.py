@@ -282,6 +282,14 @@ class IntegerCodePrior:
         np.subtract(self.code_bias[groups].astype(np.float64)[None, :, None], logits, out=logits)
         return logits if free is None else np.add(logits, free, out=logits)
 
+    def convs(self) -> list[IntConv]:
+        """The convolutions that make the mean and log-scale (the free logits' aside)."""
+        convs = [self.trunk]
+        for sl in self.slices:
+            convs += [sl.proj, sl.spatial] + ([sl.channel] if sl.channel is not None else [])
+            convs += [step.conv for pair in (*sl.blocks, sl.head) for step in pair]
+        return convs
+
     def lookup(self, indices: np.ndarray, groups: slice) -> np.ndarray:
         """Integer codes (B, H, W, G'*d) of indices (B, G', H, W)."""
         return codes_at(self.code_values[groups], indices)
@@ -408,7 +416,13 @@ class IntegerModel:
     top: IntegerCodePrior
     bottom: IntegerCodePrior
     condition: IntegerCondition
-    weight_bits: int = 0  # the integer weights' size at the policy's widths, packed
+
+    @property
+    def weight_bits(self) -> int:
+        """The integer weights' size at the policy's widths, packed."""
+        condition = [self.condition.first, self.condition.second.conv]
+        convs = self.top.convs() + self.bottom.convs() + condition
+        return sum(conv.weight.size * conv.bits for conv in convs)
 
     def top_input(self, height: int, width: int) -> np.ndarray:
         return np.ones((1, height, width, 1), dtype=np.int8)
@@ -486,6 +500,45 @@ def _gelu_conv(
     )
 
 
+def _gelu_pair(
+    layers: _Layers,
+    name: str,
+    key: str,
+    kind: str,
+    source: Format,
+    ranges: dict,
+    policy: Policy,
+    out_scale: np.ndarray,
+    out: Format,
+    limits: tuple | None = None,
+) -> tuple[GeluConv, GeluConv]:
+    """A residual block's or the head's two GELU convolutions, `name`1 then `name`3, through
+    the wide format of ranges[key.mid] between them."""
+    middle = Format.wide(ranges[f"{key}.mid"])
+    width = layers[name + "1.weight"].shape[0]
+    return (
+        _gelu_conv(
+            layers.conv(name + "1"),
+            source,
+            ranges[f"{key}.act1"],
+            f"{kind}.conv1",
+            policy,
+            _full(width, middle.scale),
+            middle,
+        ),
+        _gelu_conv(
+            layers.conv(name + "3"),
+            middle,
+            ranges[f"{key}.act2"],
+            f"{kind}.conv2",
+            policy,
+            out_scale,
+            out,
+            limits=limits,
+        ),
+    )
+
+
 def _derive_slice(
     layers: _Layers,
     s: int,
@@ -534,31 +587,10 @@ def _derive_slice(
             policy.weight_bits("channel"),
         )
     blocks = []
-    b = 0
-    while f"{context}blocks.{b}.1.weight" in layers:
+    while f"{context}blocks.{len(blocks)}.1.weight" in layers:
+        b = len(blocks)
         block = f"{context}blocks.{b}."
-        middle = Format.wide(ranges[f"s{s}.b{b}.mid"])
-        to_middle = _gelu_conv(
-            layers.conv(block + "1"),
-            h,
-            ranges[f"s{s}.b{b}.act1"],
-            "block.conv1",
-            policy,
-            _full(width, middle.scale),
-            middle,
-        )
-        back = _gelu_conv(
-            layers.conv(block + "3"),
-            middle,
-            ranges[f"s{s}.b{b}.act2"],
-            "block.conv2",
-            policy,
-            to_h,
-            h,
-        )
-        blocks.append((to_middle, back))
-        b += 1
-    head_mid = Format.wide(ranges[f"s{s}.head.mid"])
+        blocks.append(_gelu_pair(layers, block, f"s{s}.b{b}", "block", h, ranges, policy, to_h, h))
     # head outputs (G_s, 2, d): means in code units, log-scales in 1/64 steps
     units = code_unit[groups]
     out_scale = np.stack([units, np.full_like(units, 1.0 / LOG_SCALE_STEPS)], 1).reshape(-1)
@@ -566,26 +598,18 @@ def _derive_slice(
     limit = np.stack(
         [np.full_like(units, WIDE_MAX), np.full_like(units, 4 * LOG_SCALE_STEPS)], 1
     ).reshape(-1)
-    head = (
-        _gelu_conv(
-            layers.conv(context + "head.1"),
-            h,
-            ranges[f"s{s}.head.act1"],
-            "head.conv1",
-            policy,
-            _full(width, head_mid.scale),
-            head_mid,
-        ),
-        _gelu_conv(
-            layers.conv(context + "head.3"),
-            head_mid,
-            ranges[f"s{s}.head.act2"],
-            "head.conv2",
-            policy,
-            out_scale,
-            Format(1.0, 0, -WIDE_MAX, WIDE_MAX),
-            limits=(-limit, limit),
-        ),
+    params = Format(1.0, 0, -WIDE_MAX, WIDE_MAX)
+    head = _gelu_pair(
+        layers,
+        context + "head.",
+        f"s{s}.head",
+        "head",
+        h,
+        ranges,
+        policy,
+        out_scale,
+        params,
+        limits=(-limit, limit),
     )
     free = None
     if context + "free.1.weight" in layers:  # logits up to 2^30 units: far beyond any that matters
@@ -722,39 +746,7 @@ def derive(
         ),
     )
     condition = IntegerCondition(_code_values(top_codebooks, step, codes), first, second)
-    return IntegerModel(priors["top"], priors["bottom"], condition, _weight_bits(weights, policy))
-
-
-_KINDS = (  # layer name patterns of the integer path -> the policy's layer kind
-    (".prior.cond_trunk.0.weight", "trunk"),
-    (".prior.cond_proj.", "proj"),
-    (".spatial.weight", "spatial"),
-    (".channel.weight", "channel"),
-    (".head.1.weight", "head.conv1"),
-    (".head.3.weight", "head.conv2"),
-    (".1.weight", "block.conv1"),  # blocks.b.1 (after the head's, which matched first)
-    (".3.weight", "block.conv2"),
-)
-
-
-def _weight_bits(weights: Weights, policy: Policy) -> int:
-    """Bits of the integer path's convolution weights at the policy's widths (packed)."""
-    total = 0
-    for name in weights:
-        if not name.endswith(".weight") or ".free." in name:
-            continue
-        if name.startswith(("top.", "bottom.")):
-            kind = next((k for pattern, k in _KINDS if pattern in name), None)
-            if kind is None:
-                continue
-        elif name == "top_s.0.weight":
-            kind = "condition.deconv1"
-        elif name == "top_s.2.weight":
-            kind = "condition.deconv2"
-        else:
-            continue
-        total += weights[name].size * policy.weight_bits(kind)
-    return total
+    return IntegerModel(priors["top"], priors["bottom"], condition)
 
 
 class Float64Weights(Mapping):

@@ -148,6 +148,7 @@ class IntConv:
     high: np.ndarray
     offset: np.ndarray  # int64 (Cout,) the output format's zero point
     input_limit: int  # the largest |input value| the layer is built for
+    bits: int  # the weights' width: integers within +-(2^(bits-1) - 1)
     upsample: int = 1  # 2: a stride-2 transposed convolution (zeros inserted, then this conv)
 
     def __post_init__(self):
@@ -307,5 +308,6 @@ def int_conv(
         as_int64(high),
         as_int64(np.full(cout, out_format.zero)),
         max(abs(source.low), abs(source.high), abs(source.zero)),
+        bits,
         2 if transposed else 1,
     )

@@ -3,10 +3,12 @@ decoders that do not import torch tile exactly as `dqcodec.models.tiling` does."
 
 from __future__ import annotations
 
-__all__ = ["tile_spans"]
+__all__ = ["latent_tiles", "tile_spans"]
+
+Span = tuple[int, int, int, int]  # start, stop, core_start, core_stop
 
 
-def tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+def tile_spans(length: int, tile: int, overlap: int) -> list[Span]:
     """Split [0, length) into near-equal cores of at most `tile`, each widened by `overlap`
     on both sides (clipped to [0, length)).
 
@@ -28,3 +30,12 @@ def tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int, int
         )
         core_start = core_stop
     return spans
+
+
+def latent_tiles(height: int, width: int, tile: int, overlap: int) -> list[tuple[Span, Span]]:
+    """The (rows, columns) spans of the tiles of a height x width latent, row by row, as the
+    tiled synthesis runs them: a latent that fits in one tile is one whole tile."""
+    rows, cols = tile_spans(height, tile, overlap), tile_spans(width, tile, overlap)
+    if len(rows) <= 1 and len(cols) <= 1:
+        rows, cols = [(0, height, 0, height)], [(0, width, 0, width)]
+    return [(row, col) for row in rows for col in cols]

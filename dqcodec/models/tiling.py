@@ -39,7 +39,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from dqcodec.layers import GDN
-from dqcodec.models.tile_grid import tile_spans
+from dqcodec.models.tile_grid import latent_tiles, tile_spans
 
 # leaf modules that act on each position alone
 _POINTWISE = (
@@ -131,34 +131,30 @@ def tiled_synthesis(
     if y.dim() != 4:
         raise ValueError(f"expected a (B, C, H, W) latent, got shape {tuple(y.shape)}")
     h, w = y.shape[-2:]
-    rows = tile_spans(h, tile, overlap)
-    cols = tile_spans(w, tile, overlap)
-    if len(rows) <= 1 and len(cols) <= 1:
-        if write is None:
-            return g_s(y)
-        rows, cols = [(0, h, 0, h)], [(0, w, 0, w)]
+    tiles = latent_tiles(h, w, tile, overlap)
+    if len(tiles) == 1 and write is None:
+        return g_s(y)
     out = None
-    for r0, r1, cr0, cr1 in rows:
-        for c0, c1, cc0, cc1 in cols:
-            piece = g_s(y[:, :, r0:r1, c0:c1])
-            if piece.shape[-2:] != ((r1 - r0) * stride, (c1 - c0) * stride):
-                raise ValueError(
-                    f"g_s maps a {r1 - r0}x{c1 - c0} latent to "
-                    f"{tuple(piece.shape[-2:])}, not a {stride}x upsampling"
-                )
-            core = piece[
-                :,
-                :,
-                (cr0 - r0) * stride : (cr1 - r0) * stride,
-                (cc0 - c0) * stride : (cc1 - c0) * stride,
-            ]
-            if write is not None:
-                write(core, cr0 * stride, cc0 * stride)
-            else:
-                if out is None:
-                    out = piece.new_empty(piece.shape[0], piece.shape[1], h * stride, w * stride)
-                out[:, :, cr0 * stride : cr1 * stride, cc0 * stride : cc1 * stride] = core
-            del piece, core
+    for (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) in tiles:
+        piece = g_s(y[:, :, r0:r1, c0:c1])
+        if piece.shape[-2:] != ((r1 - r0) * stride, (c1 - c0) * stride):
+            raise ValueError(
+                f"g_s maps a {r1 - r0}x{c1 - c0} latent to "
+                f"{tuple(piece.shape[-2:])}, not a {stride}x upsampling"
+            )
+        core = piece[
+            :,
+            :,
+            (cr0 - r0) * stride : (cr1 - r0) * stride,
+            (cc0 - c0) * stride : (cc1 - c0) * stride,
+        ]
+        if write is not None:
+            write(core, cr0 * stride, cc0 * stride)
+        else:
+            if out is None:
+                out = piece.new_empty(piece.shape[0], piece.shape[1], h * stride, w * stride)
+            out[:, :, cr0 * stride : cr1 * stride, cc0 * stride : cc1 * stride] = core
+        del piece, core
     return out
 
 

@@ -78,7 +78,7 @@ class Decoder:
     def check_compatible(self, dq: DQFile) -> None:
         if dq.version == 1:
             raise DQError("files of format version 1 decode with the float prior (Codec)")
-        check_model(dq, self.model_id, self)
+        check_model(dq, self.model_id, self.config.rate_points)
 
     def decode_indices(self, dq: DQFile, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Top (1, G, h, w) and bottom (1, G, 4h, 4w) indices of the file's two payloads."""
@@ -115,17 +115,16 @@ class Decoder:
         return np.concatenate([bottom_y, cond], -1)
 
 
-def check_model(dq: DQFile, model_id: bytes, model) -> None:
-    """Refuses a file of another model (id), or naming a rate point `model.config` lacks."""
+def check_model(dq: DQFile, model_id: bytes, rate_points: int) -> None:
+    """Refuses a file of another model (id), or naming a rate point the model lacks."""
     if dq.model_id != model_id:
         raise DQError(
             f"file was encoded with model {dq.model_id.hex()} (quality {dq.quality}), "
             f"not with this one ({model_id.hex()}); pass the matching --model"
         )
-    if dq.rate_point >= model.config.rate_points:
+    if dq.rate_point >= rate_points:
         raise DQError(
-            f"corrupt .dq header: rate point {dq.rate_point}, but the model has "
-            f"{model.config.rate_points}"
+            f"corrupt .dq header: rate point {dq.rate_point}, but the model has {rate_points}"
         )
 
 

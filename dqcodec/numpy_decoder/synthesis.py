@@ -19,7 +19,7 @@ from functools import cached_property
 import numpy as np
 
 from dqcodec.models.config import ModelConfig
-from dqcodec.models.tile_grid import tile_spans
+from dqcodec.models.tile_grid import latent_tiles
 from dqcodec.runtime import parallel_map, workers
 
 __all__ = ["Synthesis", "erf"]
@@ -260,19 +260,15 @@ class Synthesis:
         if y.ndim != 3:
             raise ValueError(f"expected an (H, W, C) latent, got shape {y.shape}")
         stride = self.config.bottom_stride
-        height, width = y.shape[:2]
-        rows = tile_spans(height, tile, overlap)
-        cols = tile_spans(width, tile, overlap)
-        if len(rows) <= 1 and len(cols) <= 1:
-            rows, cols = [(0, height, 0, height)], [(0, width, 0, width)]
-        for r0, r1, core_r0, core_r1 in rows:
-            for c0, c1, core_c0, core_c1 in cols:
-                image = self.synthesise(y[r0:r1, c0:c1])
-                core = image[
-                    (core_r0 - r0) * stride : (core_r1 - r0) * stride,
-                    (core_c0 - c0) * stride : (core_c1 - c0) * stride,
-                ]
-                write(core, core_r0 * stride, core_c0 * stride)
+        for (r0, r1, core_r0, core_r1), (c0, c1, core_c0, core_c1) in latent_tiles(
+            *y.shape[:2], tile, overlap
+        ):
+            image = self.synthesise(y[r0:r1, c0:c1])
+            core = image[
+                (core_r0 - r0) * stride : (core_r1 - r0) * stride,
+                (core_c0 - c0) * stride : (core_c1 - c0) * stride,
+            ]
+            write(core, core_r0 * stride, core_c0 * stride)
 
 
 def _run(layers: list[_Deconv], x: np.ndarray) -> np.ndarray:
