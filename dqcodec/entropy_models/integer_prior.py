@@ -35,6 +35,7 @@ from dqcodec.layers.fixed_point import (
     int_conv,
 )
 from dqcodec.models.config import LevelConfig, ModelConfig
+from dqcodec.runtime import parallel_map, workers
 
 LOGIT_BITS = 10  # logits in units of 2^-10 nats
 CODE_BITS = 12  # codebook coordinates in units of 2^-12 of their group's largest
@@ -163,10 +164,12 @@ class IntegerCodePrior:
     precision: np.ndarray  # (G, d, 513) float64: a 16-bit mantissa times a power of two
     code_bias: np.ndarray  # (G, K) int64 logit units
     code_features: np.ndarray = field(init=False)  # (G, K, 2d) float64 (c^2, c): logits' matmul
+    float_code_bias: np.ndarray = field(init=False)  # code_bias in float64
 
     def __post_init__(self):
         units = self.code_units.astype(np.float64)
         self.code_features = np.concatenate([units * units, units], -1)
+        self.float_code_bias = self.code_bias.astype(np.float64)
 
     @property
     def groups(self) -> int:
@@ -251,35 +254,36 @@ class IntegerCodePrior:
 
     def code_logits(
         self,
-        s: int,
+        groups: slice,
         mean: np.ndarray,
         log_scale: np.ndarray,
         free: np.ndarray | None = None,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Logits (B, G_s, n, K) in 2^-LOGIT_BITS nats from mean and log-scale (B, G_s, n, d):
-        bias - floor(2^-t sum_d p_d (c_d^2 - 2 m_d c_d)) (+ free logits), with p_d =
-        floor(precision_d 2^t) and t per position such that the largest p_d < 2^23. The
-        dropped sum_d p_d m_d^2 is the same for every code of a position.
+        """Logits (B, G', n, K) in 2^-LOGIT_BITS nats of the groups `groups` (G' of them) from
+        mean and log-scale (B, G', n, d): bias - floor(2^-t sum_d p_d (c_d^2 - 2 m_d c_d))
+        (+ free logits), with p_d = floor(precision_d 2^t) and t per position such that the
+        largest p_d < 2^23. The dropped sum_d p_d m_d^2 is the same for every code of a
+        position.
 
         Integers carried in float64, where every step is exact: |c| <= 2^12, |m| < 2^15 and
         p < 2^23, so each product has at most 51 significant bits and any partial sum of the
-        matmul stays below 2^52 + 2^48 < 2^53, whatever order the GEMM sums in; scaling by 2^-t
-        and floor are exact. This runs several times faster than the same arithmetic in int64."""
-        groups = slice(s * self.groups_per_slice, (s + 1) * self.groups_per_slice)
+        matmul stays below 2^52 + 2^48 < 2^53, whatever order the GEMM sums in; p 2^-t, a
+        power of two apart, holds the same bits, so the matmul's sums come out scaled and
+        floor is exact. This runs several times faster than the same arithmetic in int64."""
         rows = np.arange(groups.start * self.dim, groups.stop * self.dim).reshape(
             1, -1, 1, self.dim
         )
         steps = 8 * LOG_SCALE_STEPS + 1
         precision = self.precision.reshape(-1).take(rows * steps + log_scale + 4 * LOG_SCALE_STEPS)
         _, exponent = np.frexp(precision.max(-1, keepdims=True))
-        shift = PRECISION_PRODUCT_BITS - exponent
-        p = np.floor(np.ldexp(precision, shift))
-        mean = np.clip(mean, -MEAN_LIMIT, MEAN_LIMIT).astype(np.float64)
-        features = np.concatenate([p, p * mean * -2.0], -1)  # (B, G_s, n, 2d)
-        logits = features @ self.code_features[groups].transpose(0, 2, 1)  # (B, G_s, n, K)
-        np.ldexp(logits, -shift, out=logits)
+        p = np.floor(np.ldexp(precision, PRECISION_PRODUCT_BITS - exponent))
+        np.ldexp(p, exponent - PRECISION_PRODUCT_BITS, out=p)  # p 2^-t
+        mean = np.clip(mean, -MEAN_LIMIT, MEAN_LIMIT)
+        features = np.concatenate([p, p * mean * -2.0], -1)  # (B, G', n, 2d)
+        logits = np.matmul(features, self.code_features[groups].transpose(0, 2, 1), out=out)
         np.floor(logits, out=logits)  # the quadratic term, then the logits:
-        np.subtract(self.code_bias[groups].astype(np.float64)[None, :, None], logits, out=logits)
+        np.subtract(self.float_code_bias[None, groups, None], logits, out=logits)
         return logits if free is None else np.add(logits, free, out=logits)
 
     def convs(self) -> list[IntConv]:
@@ -353,15 +357,30 @@ class IntegerPasses:
         return (*self.prior.params(s, self.shared, self.codes, anchors, positions), starts)
 
     def logits(self, s: int, params: tuple, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and frequency table (B, G_s, n, K) of the pass's positions in `rows`, made
+        by workers() threads, each for its share of the slice's groups."""
         mean, log_scale, free, starts = params
         block = slice(int(starts[rows.start]), int(starts[rows.stop]))
-        logits = self.prior.code_logits(
-            s,
-            mean[:, :, block],
-            log_scale[:, :, block],
-            None if free is None else free[:, :, block],
-        )
-        return logits, frequency_table(logits)
+        b, groups, n = mean.shape[0], mean.shape[1], block.stop - block.start
+        codebook_size = self.prior.code_values.shape[1]
+        logits = np.empty((b, groups, n, codebook_size))
+        table = np.empty_like(logits)
+        first = s * self.prior.groups_per_slice
+
+        def part(share: slice) -> None:
+            at = (slice(None), share, block)
+            self.prior.code_logits(
+                slice(first + share.start, first + share.stop),
+                mean[at],
+                log_scale[at],
+                None if free is None else free[at],
+                out=logits[:, share],
+            )
+            frequency_table(logits[:, share], out=table[:, share])
+
+        size = -(-groups // workers())
+        parallel_map(part, [slice(g, min(groups, g + size)) for g in range(0, groups, size)])
+        return logits, table
 
     def record(self, s: int, groups: slice, positions: np.ndarray, chosen: np.ndarray) -> None:
         channels = slice(s * self.prior.slice_channels, (s + 1) * self.prior.slice_channels)
@@ -370,17 +389,17 @@ class IntegerPasses:
         )
 
 
-def frequency_table(logits: np.ndarray) -> np.ndarray:
+def frequency_table(logits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Integer logits (..., K) in float64 -> frequencies (..., K), integers in float64 summing
     to 2^24 - K: with the one constriction adds to every symbol, exactly its 2^24 total.
 
-    weight = exp table(max - logit) <= 2^26; per row q = floor((2^24 - K) 2^26 / sum), one
-    integer division; frequency = floor(weight q 2^-26), a product below 2^50 and so exact in
-    float64."""
+    weight = exp table(max - logit) <= 2^26 (the table's last entry beyond its end); per row
+    q = floor((2^24 - K) 2^26 / sum), one integer division; frequency = floor(weight q 2^-26),
+    a product below 2^50 and so exact in float64."""
     k = logits.shape[-1]
-    delta = np.subtract(logits.max(-1, keepdims=True), logits)
-    np.minimum(delta, len(EXP_TABLE) - 1, out=delta)
-    freqs = EXP_TABLE.take(delta.astype(np.intp))  # the weights, then the frequencies
+    delta = np.empty(logits.shape, dtype=np.intp)
+    np.subtract(np.fmax.reduce(logits, -1, keepdims=True), logits, out=delta, casting="unsafe")
+    freqs = EXP_TABLE.take(delta, mode="clip", out=out)  # the weights, then the frequencies
     total = (1 << TOTAL_BITS) - k
     sums = freqs.sum(-1, keepdims=True).astype(np.int64)
     freqs *= ((total << EXP_BITS) // sums).astype(np.float64) * 2.0**-EXP_BITS
