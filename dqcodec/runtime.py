@@ -123,16 +123,37 @@ def workers() -> int:
 def parallel_map(function: Callable, items: Iterable) -> list:
     """[function(item) for item in items] on workers() threads: NumPy releases the GIL in
     its kernels and BLAS calls, so independent blocks of an array computation run in
-    parallel. Serial with one worker, and inside a worker (no nested waits on the pool)."""
+    parallel. Serial with one worker, and inside a worker (no nested waits on the pool).
+
+    The calling thread works too, taking items in turn with the pool's threads: it keeps its
+    core, and a woken thread finds another one idle (waking threads for every share took
+    about 5 % longer on kodim23, their work often landing on one core)."""
     items = list(items)
-    count = workers()
-    if count == 1 or len(items) < 2 or getattr(_in_pool, "active", False):
+    count = min(workers(), len(items))
+    if count == 1 or getattr(_in_pool, "active", False):
         return [function(item) for item in items]
     if count not in _pools:
-        _pools[count] = ThreadPoolExecutor(count, thread_name_prefix="dqcodec")
+        _pools[count] = ThreadPoolExecutor(count - 1, thread_name_prefix="dqcodec")
+    results = [None] * len(items)
+    pending = iter(range(len(items)))
+    lock = threading.Lock()
 
-    def in_worker(item):
+    def work() -> None:
         _in_pool.active = True
-        return function(item)
+        try:
+            while True:
+                with lock:
+                    i = next(pending, None)
+                if i is None:
+                    return
+                results[i] = function(items[i])
+        finally:
+            _in_pool.active = False
 
-    return list(_pools[count].map(in_worker, items))
+    helpers = [_pools[count].submit(work) for _ in range(count - 1)]
+    try:
+        work()
+    finally:
+        for helper in helpers:
+            helper.result()  # after every item is done; raises what a helper raised
+    return results
