@@ -9,7 +9,8 @@ beside it. A passive OpenMP wait policy (OMP_WAIT_POLICY=PASSIVE) gave 0.58 s bu
 idle, and GOMP_SPINCOUNT=20000 0.35 s idle but 1.3 s busy. So the wait policy stays the
 default and the thread count follows the load: threads never spin on a core another process
 needs, and an idle machine keeps its speed. The NumPy work (the integer prior, the decoder)
-runs its blocks of rows on as many threads of dqcodec's own (`parallel_map`)."""
+runs its blocks of rows on as many threads of dqcodec's own (`parallel_map`); in a program
+that has loaded torch, the integer convolutions run on torch's int8 GEMM and its threads."""
 
 from __future__ import annotations
 
