@@ -70,6 +70,20 @@ def test_convolutions_agree_on_both_gemms(monkeypatch, kernel, bits):
         assert np.array_equal(a, b)
 
 
+def test_a_torch_without_a_cpu_int8_gemm_falls_back_to_float(monkeypatch):
+    def cuda_only(a, b):
+        raise RuntimeError("_int_mm is not implemented for CPU tensors")
+
+    monkeypatch.setattr(torch, "_int_mm", cuda_only)
+    monkeypatch.setattr(int8_gemm, "_works", None)
+    conv = int_conv(
+        np.ones((2, 3, 1, 1)), None, Format(1.0), None, np.ones(2), Format(1.0, 0, -999, 999), 8
+    )
+    assert not conv.int8_gemm()
+    x = np.full((1, 2, 2, 3), 5, dtype=np.int8)
+    assert np.array_equal(conv(x, 0), np.full((1, 2, 2, 2), 15))
+
+
 CHILD = """
 import numpy as np, torch
 from dqcodec.layers import int8_gemm

@@ -224,9 +224,9 @@ class IntConv:
         return out
 
     def int8_gemm(self) -> bool:
-        """Whether the GEMMs run on torch's int8 GEMM: where the program has loaded torch,
-        for inputs of up to 15 bits."""
-        return int8_gemm.loaded_torch() is not None and self.input_limit <= INT8_PLANES_LIMIT
+        """Whether the GEMMs run on torch's int8 GEMM: where the program has loaded a torch
+        that has one, for inputs of up to 15 bits."""
+        return self.input_limit <= INT8_PLANES_LIMIT and int8_gemm.available()
 
     def gemm(self, cols: np.ndarray) -> np.ndarray:
         """int64 (m, Cout): integer cols (m, k*k*Cin) @ the weights in the GEMM's float type,

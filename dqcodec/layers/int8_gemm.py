@@ -17,9 +17,29 @@ DIGIT_BITS = 7
 DIGIT_MAX = 64
 
 
+_works: bool | None = None  # whether the loaded torch has an int8 GEMM on the CPU
+
+
 def loaded_torch():
     """torch, where this program has imported it (dqcodec never imports it for this)."""
     return sys.modules.get("torch")
+
+
+def available() -> bool:
+    """Whether `matmul` can run: torch is loaded and has torch._int_mm for CPU tensors (torch
+    2.1 has it for CUDA only), checked once on a small product."""
+    global _works
+    torch = loaded_torch()
+    if torch is None:
+        return False
+    if _works is None:
+        a = np.arange(-64, 64, dtype=np.int8).reshape(32, 4).repeat(4, 1)
+        try:
+            product = torch._int_mm(torch.from_numpy(a), torch.from_numpy(a[:16].T.copy()))
+            _works = np.array_equal(product.numpy(), a.astype(np.int32) @ a[:16].T.astype(np.int32))
+        except (AttributeError, RuntimeError, NotImplementedError):
+            _works = False
+    return _works
 
 
 def weight_digits(weight: np.ndarray) -> list[tuple[np.ndarray, int]]:
