@@ -393,9 +393,9 @@ def frequency_table(logits: np.ndarray, out: np.ndarray | None = None) -> np.nda
     """Integer logits (..., K) in float64 -> frequencies (..., K), integers in float64 summing
     to 2^24 - K: with the one constriction adds to every symbol, exactly its 2^24 total.
 
-    weight = exp table(max - logit) <= 2^26 (the table's last entry beyond its end); per row
-    q = floor((2^24 - K) 2^26 / sum), one integer division; frequency = floor(weight q 2^-26),
-    a product below 2^50 and so exact in float64."""
+    weight = exp table(max - logit) <= 2^26 (differences past the table's end take its last
+    entry); per row q = floor((2^24 - K) 2^26 / sum), one integer division; frequency =
+    floor(weight q 2^-26), a product below 2^50 and so exact in float64."""
     k = logits.shape[-1]
     delta = np.empty(logits.shape, dtype=np.intp)
     np.subtract(np.fmax.reduce(logits, -1, keepdims=True), logits, out=delta, casting="unsafe")
