@@ -18,6 +18,7 @@ Exactness rests on two rules:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -59,15 +60,16 @@ def exp64(x: np.ndarray) -> np.ndarray:
     return np.ldexp(total, k.astype(np.int32))
 
 
-def erf64(x: np.ndarray) -> np.ndarray:
-    """erf(x) from exp64 (Abramowitz & Stegun 7.1.26, absolute error < 1.5e-7)."""
+def erf64(x: np.ndarray, exp: Callable[[np.ndarray], np.ndarray] = exp64) -> np.ndarray:
+    """erf(x) in float64 by Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7), with exp64
+    (the same bits on every machine) or another exp."""
     x = np.asarray(x, dtype=np.float64)
     a = np.abs(x)
     t = 1.0 / (1.0 + 0.3275911 * a)
     poly = (
         (((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592
     ) * t
-    return np.sign(x) * (1.0 - poly * exp64(-a * a))
+    return np.sign(x) * (1.0 - poly * exp(-a * a))
 
 
 def gelu64(x: np.ndarray) -> np.ndarray:
@@ -162,8 +164,7 @@ class IntConv:
         largest_sum = int(np.abs(self.weight).sum(0).max()) * self.input_limit
         if largest_sum >= FLOAT64_EXACT:
             raise ValueError("integer convolution too wide for an exact float64 GEMM")
-        dtype = np.float32 if largest_sum < FLOAT32_EXACT else np.float64
-        self.gemm_weight = self.weight.astype(dtype)
+        self.gemm_dtype = np.float32 if largest_sum < FLOAT32_EXACT else np.float64
 
     def accumulate(
         self, x: np.ndarray, zero: int, at: np.ndarray | None = None, rescaled: bool = False
@@ -231,7 +232,12 @@ class IntConv:
     def gemm(self, cols: np.ndarray) -> np.ndarray:
         """int64 (m, Cout): integer cols (m, k*k*Cin) @ the weights in the GEMM's float type,
         exactly (module notes)."""
-        return (cols.astype(self.gemm_weight.dtype) @ self.gemm_weight).astype(np.int64)
+        return (cols.astype(self.gemm_dtype) @ self.gemm_weight).astype(np.int64)
+
+    # the weights as each GEMM reads them, made on first use: a program runs one of the two
+    @cached_property
+    def gemm_weight(self) -> np.ndarray:
+        return self.weight.astype(self.gemm_dtype)
 
     @cached_property
     def weight_digits(self) -> list:

@@ -18,6 +18,7 @@ from functools import cached_property
 
 import numpy as np
 
+from dqcodec.layers.fixed_point import erf64
 from dqcodec.models.config import ModelConfig
 from dqcodec.models.tile_grid import latent_tiles
 from dqcodec.runtime import parallel_map, workers
@@ -38,13 +39,9 @@ Pointwise = Callable[[np.ndarray], None]
 
 
 def erf(x: np.ndarray) -> np.ndarray:
-    """erf by Abramowitz & Stegun 7.1.26 (max abs error 1.5e-7), evaluated in float64."""
-    a = np.abs(x, dtype=np.float64)
-    t = 1 / (1 + 0.3275911 * a)
-    poly = t * (
-        0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429)))
-    )
-    return np.copysign(1 - poly * np.exp(-a * a), x).astype(x.dtype, copy=False)
+    """fixed_point.erf64 with NumPy's exp (the synthesis is float arithmetic anyway), in x's
+    dtype."""
+    return erf64(x, np.exp).astype(x.dtype, copy=False)
 
 
 def _gelu_inplace(x: np.ndarray) -> None:
