@@ -347,13 +347,22 @@ def summary(image, s: Samples) -> dict:
     return out
 
 
+def choose_threads(count: int, requested: int | None) -> None:
+    """use_threads as a dqcodec command calls it, before NumPy and torch load: with --threads
+    where given, else with the `count` idle cores the parent counted in a steady state (a
+    child just spawned would count its parent's spawning as load)."""
+    from dqcodec import runtime
+
+    if requested is None:
+        runtime.idle_cores = lambda: count
+    runtime.use_threads(requested)
+
+
 def _timing_child(
-    queue, name: str, model_path: str | None, threads: int, image, runs: int, effort: int
+    queue, name: str, model_path: str | None, threads: tuple, image, runs: int, effort: int
 ) -> None:
     try:
-        from dqcodec.runtime import use_threads
-
-        use_threads(threads)  # as a dqcodec command does: before NumPy and torch load
+        choose_threads(*threads)
         codec = make_codec(name, model_path, effort)
         decoded = codec.decode(codec.encode(image))  # warm-up
         if decoded.size != image.size:
@@ -370,13 +379,13 @@ def _timing_child(
 
 
 def time_codecs(
-    names: list, image, runs: int, rounds: int, model_path: str | None, threads: int, effort: int
+    names: list, image, runs: int, rounds: int, model_path: str | None, threads: tuple, effort: int
 ) -> dict:
-    """Each named codec's Samples on one image. Each codec is timed in a process of its own
-    (a warm-up, then `runs` timed runs), so that none inherits another's memory layout: in one
-    shared process the hyperprior's kodim23 encode took 0.22-0.29 s depending on what ran
-    before it. The codecs take `rounds` turns, so a slower spell of a shared machine falls on
-    all of them alike."""
+    """Each named codec's Samples on one image (threads: choose_threads's arguments). Each
+    codec is timed in a process of its own (a warm-up, then `runs` timed runs), so that none
+    inherits another's memory layout: in one shared process the hyperprior's kodim23 encode
+    took 0.22-0.29 s depending on what ran before it. The codecs take `rounds` turns, so a
+    slower spell of a shared machine falls on all of them alike."""
     samples = {name: Samples() for name in names}
     for _ in range(rounds):
         for name in names:
@@ -522,7 +531,13 @@ def main(argv=None) -> int:
                 timings += [
                     (load, name, samples)
                     for name, samples in time_codecs(
-                        timed, image, args.runs, args.rounds, args.model, threads, args.effort
+                        timed,
+                        image,
+                        args.runs,
+                        args.rounds,
+                        args.model,
+                        (threads, args.threads),
+                        args.effort,
                     ).items()
                 ]
         for load, name, samples in timings:

@@ -70,6 +70,39 @@ def test_convolutions_agree_on_both_gemms(monkeypatch, kernel, bits):
         assert np.array_equal(a, b)
 
 
+def test_the_int8_gemms_run_on_the_calling_thread_alone(monkeypatch):
+    """torch's thread count is 1 during a convolution's int8 GEMMs and the caller's again
+    after, also when a GEMM fails."""
+    conv = int_conv(
+        np.ones((4, 3, 3, 3)), None, Format(1.0), None, np.ones(4), Format(1.0, 0, -999, 999), 8
+    )
+    x = np.ones((1, 5, 5, 3), dtype=np.int8)
+    counts = []
+    real = int8_gemm.matmul
+
+    def counting(planes, digits):
+        counts.append(torch.get_num_threads())
+        return real(planes, digits)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(int8_gemm, "matmul", counting)
+        conv(x, 0)
+        assert counts and set(counts) == {1}
+        assert torch.get_num_threads() == 2
+
+        def failing(planes, digits):
+            raise RuntimeError("out of memory")
+
+        monkeypatch.setattr(int8_gemm, "matmul", failing)
+        with pytest.raises(RuntimeError):
+            conv(x, 0)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_torch_without_a_cpu_int8_gemm_falls_back_to_float(monkeypatch):
     def cuda_only(a, b):
         raise RuntimeError("_int_mm is not implemented for CPU tensors")

@@ -9,6 +9,7 @@ by >= 0.1, and erf with one coefficient off by 1e-3 by 3e-4.
 import math
 import subprocess
 import sys
+import threading
 from importlib import resources
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 
 from dqcodec.models.config import ModelConfig
 from dqcodec.models.dq import DQModel
+from dqcodec.numpy_decoder import synthesis as synthesis_module
 from dqcodec.numpy_decoder.synthesis import Synthesis, erf
 from dqcodec.zoo import read_model_file
 
@@ -82,6 +84,27 @@ def test_tiled(models):
     assert len(writes) == 6 and not np.isnan(image).any()
     assert np.abs(image - synthesis.synthesise(y)).max() < TOLERANCE
     assert np.abs(image - torch_apply(model.synthesise, y)).max() < TOLERANCE
+
+
+def test_tiles_side_by_side_give_the_tiles_in_turn_exactly(models, monkeypatch):
+    model, synthesis = models
+    y = bottom_latent(model, synthesis, 24, 40)
+
+    def tiled() -> tuple[np.ndarray, set]:
+        image, threads = np.zeros((24 * 16, 40 * 16, 3), np.float32), set()
+
+        def write(core, top, left):
+            image[top : top + core.shape[0], left : left + core.shape[1]] += core
+            threads.add(threading.current_thread().name)
+
+        synthesis.tiled(y, write, tile=16)
+        return image, threads
+
+    in_turn, _ = tiled()
+    monkeypatch.setattr(synthesis_module, "tile_workers", lambda: 2)
+    side_by_side, threads = tiled()
+    assert np.array_equal(side_by_side, in_turn)
+    assert any(name.startswith("dqcodec") for name in threads)
 
 
 def test_tiled_one_tile_goes_whole(models):

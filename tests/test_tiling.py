@@ -7,10 +7,12 @@ below (1e-5) leaves room for other convolution kernels; one overlap step less is
 """
 
 import math
+import threading
 
 import pytest
 import torch
 
+from dqcodec.models import tiling
 from dqcodec.models.config import ModelConfig
 from dqcodec.models.dq import DQModel
 from dqcodec.models.tiling import (
@@ -151,6 +153,43 @@ def test_tiled_works_with_autograd(model):
     y = torch.randn(1, model.config.bottom.channels + model.config.width, 6, 5, requires_grad=True)
     tiled_synthesis(model.g_s, y, tile=2, overlap=2).sum().backward()
     assert y.grad is not None and y.grad.shape == y.shape
+
+
+def test_tiles_side_by_side_give_the_tiles_in_turn_exactly(model, monkeypatch):
+    """Beside a busy process (tile_workers > 1) the tiles run on threads of their own, each
+    under the caller's inference mode and on one torch thread: the same values as the
+    tiles in turn on one thread, and every core written once."""
+    torch.manual_seed(2)
+    y = torch.randn(1, model.config.bottom.channels + model.config.width, 12, 16)
+    calls = []
+
+    def g_s(part):
+        calls.append((threading.current_thread().name, torch.get_num_threads()))
+        assert torch.is_inference_mode_enabled()
+        return model.g_s(part)
+
+    written = torch.zeros(1, 1, 12 * 16, 16 * 16)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            in_turn = tiled_synthesis(model.g_s, y, tile=4, overlap=2)
+        torch.set_num_threads(2)
+        monkeypatch.setattr(tiling, "tile_workers", lambda: 2)
+        with torch.inference_mode():
+            side_by_side = tiled_synthesis(g_s, y, tile=4, overlap=2)
+
+            def write(core, top, left):
+                written[..., top : top + core.shape[-2], left : left + core.shape[-1]] += 1
+
+            assert tiled_synthesis(g_s, y, tile=4, overlap=2, write=write) is None
+        assert torch.get_num_threads() == 2  # the caller's count is back
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(side_by_side, in_turn)
+    assert torch.equal(written, torch.ones_like(written))
+    assert len(calls) == 2 * 12 and {count for _, count in calls} == {1}
+    assert any(name.startswith("dqcodec") for name, _ in calls)
 
 
 def test_analysis_rejects_off_grid_tiles(model):

@@ -25,7 +25,7 @@ from functools import cached_property
 import numpy as np
 
 from dqcodec.layers import int8_gemm
-from dqcodec.runtime import parallel_map, workers
+from dqcodec.runtime import parallel_map, torch_on_calling_thread, workers
 
 INT8_MIN, INT8_MAX = -128, 127
 WIDE_BITS = 16  # wide (pre-activation) values index lookup tables of 2^16 entries
@@ -193,7 +193,9 @@ class IntConv:
             out = np.empty((b, int(at.sum()), cout), dtype=dtype)
         else:
             out = np.empty((b, out_h, out_w, cout), dtype=dtype)
-        # torch's int8 GEMM runs on torch's threads: its blocks run in turn
+        # torch's int8 GEMMs are small (about 0.1 ms): one thread runs the blocks in turn. Split
+        # over an OpenMP team they ran slower, and the team's threads then spun on the core
+        # that the logits' threads need next.
         int8 = self.int8_gemm()
         planes = int8_gemm.planes(x) if int8 else [(x, 0)]
         threads = 1 if int8 else workers()
@@ -218,8 +220,9 @@ class IntConv:
                 out[:, r:r_end] = sums.reshape(b, r_end - r, out_w, cout)
 
         if int8:
-            for i in range(len(starts)):
-                block(i)
+            with torch_on_calling_thread():
+                for i in range(len(starts)):
+                    block(i)
         else:
             parallel_map(block, range(len(starts)))
         return out

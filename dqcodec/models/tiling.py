@@ -33,13 +33,16 @@ backpropagate through the stitched output.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 
+import torch
 import torch.nn as nn
 from torch import Tensor
 
 from dqcodec.layers import GDN
-from dqcodec.models.tile_grid import latent_tiles, tile_spans
+from dqcodec.models.tile_grid import Span, latent_tiles, tile_spans
+from dqcodec.runtime import parallel_map, tile_workers
 
 # leaf modules that act on each position alone
 _POINTWISE = (
@@ -127,6 +130,9 @@ def tiled_synthesis(
     caller converts and stores each tile at once (Codec.decode writes 8-bit pixels straight
     into the image), so no full-size float output is ever held. `core` is a view into the
     tile's output, which the caller may overwrite.
+
+    Without autograd the tiles run side by side on runtime.tile_workers() threads (1 unless
+    the machine is busy), each on one torch thread, and `write` is called from them in turn.
     """
     if y.dim() != 4:
         raise ValueError(f"expected a (B, C, H, W) latent, got shape {tuple(y.shape)}")
@@ -135,8 +141,16 @@ def tiled_synthesis(
     if len(tiles) == 1 and write is None:
         return g_s(y)
     out = None
-    for (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) in tiles:
-        piece = g_s(y[:, :, r0:r1, c0:c1])
+    lock = threading.Lock()  # tiles side by side: one stores its core at a time
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+    def synthesise(tile: tuple[Span, Span]) -> None:
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):  # per thread
+            store(*tile, g_s(y[:, :, tile[0][0] : tile[0][1], tile[1][0] : tile[1][1]]))
+
+    def store(rows: Span, cols: Span, piece: Tensor) -> None:
+        nonlocal out
+        (r0, r1, cr0, cr1), (c0, c1, cc0, cc1) = rows, cols
         if piece.shape[-2:] != ((r1 - r0) * stride, (c1 - c0) * stride):
             raise ValueError(
                 f"g_s maps a {r1 - r0}x{c1 - c0} latent to "
@@ -148,13 +162,17 @@ def tiled_synthesis(
             (cr0 - r0) * stride : (cr1 - r0) * stride,
             (cc0 - c0) * stride : (cc1 - c0) * stride,
         ]
-        if write is not None:
-            write(core, cr0 * stride, cc0 * stride)
-        else:
-            if out is None:
-                out = piece.new_empty(piece.shape[0], piece.shape[1], h * stride, w * stride)
-            out[:, :, cr0 * stride : cr1 * stride, cc0 * stride : cc1 * stride] = core
-        del piece, core
+        with lock:
+            if write is not None:
+                write(core, cr0 * stride, cc0 * stride)
+            else:
+                if out is None:
+                    out = piece.new_empty(piece.shape[0], piece.shape[1], h * stride, w * stride)
+                out[:, :, cr0 * stride : cr1 * stride, cc0 * stride : cc1 * stride] = core
+
+    # under autograd (its graph belongs to the calling thread) and on a GPU: in turn
+    side_by_side = not grad and y.device.type == "cpu"
+    parallel_map(synthesise, tiles, threads=tile_workers() if side_by_side else 1)
     return out
 
 

@@ -12,6 +12,7 @@ differ from the torch transforms by float rounding only.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -20,8 +21,8 @@ import numpy as np
 
 from dqcodec.layers.fixed_point import erf64
 from dqcodec.models.config import ModelConfig
-from dqcodec.models.tile_grid import latent_tiles
-from dqcodec.runtime import parallel_map, workers
+from dqcodec.models.tile_grid import Span, latent_tiles
+from dqcodec.runtime import parallel_map, tile_workers, workers
 
 __all__ = ["Synthesis", "erf"]
 
@@ -253,19 +254,25 @@ class Synthesis:
         """synthesise(y) on overlapping latent tiles, as tiling.tiled_synthesis with
         `write`: each tile's core (rows, cols, 3), a view into the tile's image, goes to
         write(core, top, left), its pixel origin; the cores partition the image. A latent
-        that fits in one tile goes whole."""
+        that fits in one tile goes whole. Beside a busy process the tiles run side by side
+        on runtime.tile_workers() threads, and `write` is called from them in turn."""
         if y.ndim != 3:
             raise ValueError(f"expected an (H, W, C) latent, got shape {y.shape}")
         stride = self.config.bottom_stride
-        for (r0, r1, core_r0, core_r1), (c0, c1, core_c0, core_c1) in latent_tiles(
-            *y.shape[:2], tile, overlap
-        ):
+        lock = threading.Lock()
+
+        def synthesise_tile(tile: tuple[Span, Span]) -> None:
+            (r0, r1, core_r0, core_r1), (c0, c1, core_c0, core_c1) = tile
             image = self.synthesise(y[r0:r1, c0:c1])
             core = image[
                 (core_r0 - r0) * stride : (core_r1 - r0) * stride,
                 (core_c0 - c0) * stride : (core_c1 - c0) * stride,
             ]
-            write(core, core_r0 * stride, core_c0 * stride)
+            with lock:
+                write(core, core_r0 * stride, core_c0 * stride)
+
+        tiles = latent_tiles(*y.shape[:2], tile, overlap)
+        parallel_map(synthesise_tile, tiles, threads=tile_workers())
 
 
 def _run(layers: list[_Deconv], x: np.ndarray) -> np.ndarray:
