@@ -105,7 +105,7 @@ _in_pool = threading.local()
 def use_threads(requested: int | None = None) -> int:
     """Run dqcodec's NumPy work (the integer prior, the decoder) and torch (the encoder's
     transforms) on thread_count(requested) threads, and both decoders' synthesis tiles
-    side by side where that count leaves cores to other processes (`tile_workers`)."""
+    two at a time where other processes leave this one a single core (`tile_workers`)."""
     global _blas_single, _workers, _tile_workers
     count = thread_count(requested)
     if "numpy" not in sys.modules:
@@ -114,8 +114,7 @@ def use_threads(requested: int | None = None) -> int:
         _blas_single = True
     _workers = count if _blas_single else 1
     chosen = requested is not None or os.environ.get(THREADS_ENV, "").strip()
-    cores = available_cores()
-    _tile_workers = cores if count < cores and not chosen else 1
+    _tile_workers = 2 if count == 1 < available_cores() and not chosen else 1
     os.environ["OMP_NUM_THREADS"] = str(count)
     torch = sys.modules.get("torch")
     if torch is not None:
@@ -130,14 +129,15 @@ def workers() -> int:
 
 def tile_workers() -> int:
     """Threads on which independent tiles of a transform run side by side, each tile's torch
-    kernels on its own thread: every core this process may use where use_threads chose to
-    leave some to other processes, else 1 (the tiles in turn, each on torch's threads).
+    kernels on its own thread: 2 where use_threads found a single idle core among several,
+    with no count asked for; else 1 (the tiles in turn, each on torch's threads).
 
-    On an idle machine torch's threads do better: split over two threads, each convolution
-    of a tile ran 1.2x as fast as two tiles side by side (kodim23's synthesis, 0.113 s against
-    0.136 s). Beside a busy process the threads of one convolution wait on each other whenever
-    one is descheduled, while whole tiles lose nothing: they take the share of the busy core
-    the scheduler gives them (0.19 s against 0.25 s on one thread)."""
+    With idle cores, torch's threads do better: split over two threads, each convolution of
+    a tile ran 1.2x as fast as two tiles side by side (kodim23's synthesis, 0.113 s against
+    0.136 s). Where one thread is all that is idle, a second one that splits convolutions
+    waits whenever the scheduler sets it aside, while a second whole tile loses nothing: it
+    takes the share of a busy core the scheduler gives it (kodim23 beside a process spinning
+    on one of two cores: 0.19 s against 0.25 s on one thread)."""
     return _tile_workers
 
 

@@ -36,17 +36,26 @@ def test_explicit_counts_win(monkeypatch):
     assert runtime.thread_count() == 1
 
 
-def test_tiles_go_side_by_side_only_where_cores_are_left_to_others(monkeypatch):
-    monkeypatch.setattr(runtime, "available_cores", lambda: 2)
+def test_tiles_go_two_at_a_time_only_where_one_core_of_several_is_idle(monkeypatch):
     monkeypatch.setattr(runtime, "_workers", runtime._workers)
     monkeypatch.setattr(runtime, "_tile_workers", runtime._tile_workers)
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
     monkeypatch.setitem(sys.modules, "torch", None)  # leaves this process's torch alone
     monkeypatch.delenv(runtime.THREADS_ENV, raising=False)
-    for idle, requested, expected in ((2, None, 1), (1, None, 2), (1, 1, 1), (1, 2, 1)):
+    cases = [  # cores, idle cores, --threads, tile workers
+        (2, 2, None, 1),
+        (2, 1, None, 2),
+        (8, 1, None, 2),
+        (8, 3, None, 1),
+        (1, 1, None, 1),
+        (2, 1, 1, 1),
+        (2, 1, 2, 1),
+    ]
+    for cores, idle, requested, expected in cases:
+        monkeypatch.setattr(runtime, "available_cores", lambda n=cores: n)
         monkeypatch.setattr(runtime, "idle_cores", lambda n=idle: n)
         runtime.use_threads(requested)
-        assert runtime.tile_workers() == expected, (idle, requested)
+        assert runtime.tile_workers() == expected, (cores, idle, requested)
     monkeypatch.setenv(runtime.THREADS_ENV, "1")
     runtime.use_threads()
     assert runtime.tile_workers() == 1
