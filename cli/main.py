@@ -331,7 +331,11 @@ def info(input):
 )
 @click.option("-e", "--effort", **EFFORT_OPTION)
 @click.option("-v", "--verbose", is_flag=True, help="Per-image tables for every level.")
-@click.option("--progress/--no-progress", default=True)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bars on stderr (default: where stderr is a terminal).",
+)
 @user_errors
 def eval_(
     dataset,
@@ -357,6 +361,7 @@ def eval_(
     from dqcodec.zoo import shipped_models
 
     paths = resolve_dataset(dataset, data_dir)
+    progress = sys.stderr.isatty() if progress is None else progress
     if model is not None and rate_point is None:
         points = load_codec(path=model).model.config.rate_points
         codecs = [load_codec(path=model, rate_point=p) for p in range(points)]

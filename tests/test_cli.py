@@ -88,6 +88,15 @@ def test_encode_decode_roundtrip(tmp_path, model_file):
     assert f"{size * 8 / 7000:.4f}" in info.output
 
 
+def test_eval_shows_progress_bars_on_a_terminal_or_where_asked(image_dir, model_file):
+    args = ("eval", "--data-dir", image_dir, "--model", model_file)
+    piped = run_process(*args)
+    assert piped.returncode == 0, piped.stderr
+    assert "img/s" not in piped.stderr and "%|" not in piped.stderr
+    asked = run_process(*args, "--progress")
+    assert asked.returncode == 0 and "%|" in asked.stderr
+
+
 def test_eval_matches_files_written_by_encode_and_decode(tmp_path, image_dir, model_file):
     report_path = tmp_path / "r.json"
     r = run(
