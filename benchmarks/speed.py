@@ -347,22 +347,13 @@ def summary(image, s: Samples) -> dict:
     return out
 
 
-def choose_threads(count: int, requested: int | None) -> None:
-    """use_threads as a dqcodec command calls it, before NumPy and torch load: with --threads
-    where given, else with the `count` idle cores the parent counted in a steady state (a
-    child just spawned would count its parent's spawning as load)."""
-    from dqcodec import runtime
-
-    if requested is None:
-        runtime.idle_cores = lambda: count
-    runtime.use_threads(requested)
-
-
 def _timing_child(
-    queue, name: str, model_path: str | None, threads: tuple, image, runs: int, effort: int
+    queue, name: str, model_path: str | None, threads: int | None, image, runs: int, effort: int
 ) -> None:
     try:
-        choose_threads(*threads)
+        from dqcodec.runtime import use_threads
+
+        use_threads(threads)  # as a dqcodec command does: before NumPy and torch load
         codec = make_codec(name, model_path, effort)
         decoded = codec.decode(codec.encode(image))  # warm-up
         if decoded.size != image.size:
@@ -379,13 +370,20 @@ def _timing_child(
 
 
 def time_codecs(
-    names: list, image, runs: int, rounds: int, model_path: str | None, threads: tuple, effort: int
+    names: list,
+    image,
+    runs: int,
+    rounds: int,
+    model_path: str | None,
+    threads: int | None,
+    effort: int,
 ) -> dict:
-    """Each named codec's Samples on one image (threads: choose_threads's arguments). Each
-    codec is timed in a process of its own (a warm-up, then `runs` timed runs), so that none
-    inherits another's memory layout: in one shared process the hyperprior's kodim23 encode
-    took 0.22-0.29 s depending on what ran before it. The codecs take `rounds` turns, so a
-    slower spell of a shared machine falls on all of them alike."""
+    """Each named codec's Samples on one image; threads: --threads (None: each process
+    chooses from the load, as a command does). Each codec is timed in a process of its own
+    (a warm-up, then `runs` timed runs), so that none inherits another's memory layout: in
+    one shared process the hyperprior's kodim23 encode took 0.22-0.29 s depending on what
+    ran before it. The codecs take `rounds` turns, so a slower spell of a shared machine
+    falls on all of them alike."""
     samples = {name: Samples() for name in names}
     for _ in range(rounds):
         for name in names:
@@ -524,20 +522,12 @@ def main(argv=None) -> int:
         timings = []
         for load in loads:
             with busy_core(load == "busy"):
-                # the count a dqcodec command would choose now: chosen here, in a steady
-                # state, as a child just spawned would count its parent's spawning as load
-                threads = thread_count(args.threads)
-                print(f"  {load}: {threads} thread(s)", flush=True)
+                # the count a dqcodec command would choose now, as each timing child does
+                print(f"  {load}: {thread_count(args.threads)} thread(s)", flush=True)
                 timings += [
                     (load, name, samples)
                     for name, samples in time_codecs(
-                        timed,
-                        image,
-                        args.runs,
-                        args.rounds,
-                        args.model,
-                        (threads, args.threads),
-                        args.effort,
+                        timed, image, args.runs, args.rounds, args.model, args.threads, args.effort
                     ).items()
                 ]
         for load, name, samples in timings:

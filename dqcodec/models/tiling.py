@@ -145,7 +145,9 @@ def tiled_synthesis(
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
     def synthesise(tile: tuple[Span, Span]) -> None:
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad):  # per thread
+        # the caller's modes, which are per thread; storing too runs under them, as `out`
+        # may be an inference tensor that another thread made
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
             store(*tile, g_s(y[:, :, tile[0][0] : tile[0][1], tile[1][0] : tile[1][1]]))
 
     def store(rows: Span, cols: Span, piece: Tensor) -> None:
