@@ -25,8 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 CHILD = """
 import statistics, sys, time
-from dqcodec.runtime import use_threads
-use_threads()  # before NumPy and torch load, as a command does
+from dqcodec import runtime
+# before NumPy and torch load, as that checkout's command does
+getattr(runtime, "start_command", runtime.use_threads)()
 from PIL import Image
 from dqcodec.codec import load_codec
 codec = load_codec()

@@ -209,9 +209,10 @@ def _decode_child(
         sampler = Sampler()
         if variant == "baseline":
             sys.path.insert(0, baseline)  # the earlier checkout's dqcodec
-        from dqcodec.runtime import use_threads
+        from dqcodec import runtime
 
-        use_threads(threads)  # before NumPy and torch load
+        # before NumPy and torch load, as that checkout's command does
+        getattr(runtime, "start_command", runtime.use_threads)(threads)
         import numpy as np
         from PIL import Image
 

@@ -163,9 +163,9 @@ def _child(
     queue, what: str, name: str, model_path: str | None, threads: int, arg, effort: int
 ) -> None:
     try:
-        from dqcodec.runtime import use_threads
+        from dqcodec.runtime import start_command
 
-        use_threads(threads)  # as a dqcodec command does: before NumPy and torch load
+        start_command(threads)  # as a dqcodec command does: before NumPy and torch load
         codec = make_codec(name, model_path, effort)
         base = peak_mb()
         t0 = time.perf_counter()
@@ -351,9 +351,9 @@ def _timing_child(
     queue, name: str, model_path: str | None, threads: int | None, image, runs: int, effort: int
 ) -> None:
     try:
-        from dqcodec.runtime import use_threads
+        from dqcodec.runtime import start_command
 
-        use_threads(threads)  # as a dqcodec command does: before NumPy and torch load
+        start_command(threads)  # as a dqcodec command does: before NumPy and torch load
         codec = make_codec(name, model_path, effort)
         decoded = codec.decode(codec.encode(image))  # warm-up
         if decoded.size != image.size:

@@ -21,7 +21,7 @@ from dqcodec.options import (
     default_quality,
     quality_levels,
 )
-from dqcodec.runtime import THREADS_ENV, use_threads
+from dqcodec.runtime import THREADS_ENV, start_command, use_threads
 
 # Commands import torch and the codec when they run, so --help, --version and info start fast.
 
@@ -157,7 +157,7 @@ def quality_option(help_text: str, default: bool = True) -> dict:
 )
 def main(threads):
     """dqcodec: a learned image codec built on Depthwise Quantization."""
-    use_threads(threads)  # before NumPy loads, which sizes BLAS's threads then
+    start_command(threads)  # before NumPy loads, which sizes BLAS's threads then
 
 
 def configure_threads() -> None:

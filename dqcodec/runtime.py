@@ -122,6 +122,43 @@ def use_threads(requested: int | None = None) -> int:
     return count
 
 
+# glibc's mallopt parameters
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 << 20  # the largest glibc accepts
+TRIM_THRESHOLD = 1 << 30
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed blocks for the next allocations of this process instead
+    of handing them back to the system; whether it could (False off glibc). For a command's
+    own process: a library leaves its host's allocator alone.
+
+    By default glibc maps large blocks from the system and unmaps them when freed, and hands
+    back a heap's free top, both past thresholds it adjusts as it goes; every fresh page then
+    faults in again. The encoder's transforms allocate and free activations of tens of MB:
+    a kodim23 encode took 34,000 page faults and 0.07 s of system time. With blocks of up to
+    32 MB served from the heap and heaps trimmed only past 1 GB: 2,600, and 0.49 -> 0.44 s,
+    for 13 MB more peak memory."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        if not hasattr(libc, "gnu_get_libc_version"):  # another C library: its own policy
+            return False
+        set_option = libc.mallopt
+    except (OSError, TypeError, AttributeError):  # no C library by that name (Windows)
+        return False
+    kept = set_option(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    return bool(kept and set_option(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def start_command(threads: int | None = None) -> int:
+    """What a dqcodec command sets up first, before NumPy and torch load: its threads
+    (`use_threads`, returned) and its allocator (`keep_freed_memory`)."""
+    keep_freed_memory()
+    return use_threads(threads)
+
+
 def workers() -> int:
     """Threads of `parallel_map` (1 unless use_threads gave OpenBLAS one thread)."""
     return _workers

@@ -97,3 +97,38 @@ def test_parallel_map_keeps_order_and_runs_nested_calls_serially(monkeypatch):
 
     assert runtime.parallel_map(outer, range(6)) == [sum(j * j for j in range(i)) for i in range(6)]
     assert any(name.startswith("dqcodec") for name in names)  # the caller works too
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc, reads /proc")
+@pytest.mark.parametrize("kept", [False, True])
+def test_a_command_keeps_freed_memory_for_its_next_allocations(kept):
+    """glibc hands a freed 24 MB block straight back to the system; after keep_freed_memory
+    the process keeps it, resident, for its next allocations."""
+    code = (
+        "from dqcodec import runtime\n"
+        f"assert runtime.keep_freed_memory() if {kept} else True\n"
+        "def resident():\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('VmRSS:'):\n"
+        "            return int(line.split()[1]) >> 10\n"
+        "before = resident()\n"
+        "block = bytearray(24 << 20)\n"  # zeroed: every page touched
+        "del block\n"
+        "print(resident() - before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    grown_mb = int(out.stdout)
+    assert grown_mb >= 20 if kept else grown_mb <= 4
+
+
+def test_commands_set_up_threads_and_memory(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from dqcodec.cli.main import main
+
+    calls = []
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append("memory"))
+    monkeypatch.setattr(runtime, "use_threads", lambda threads=None: calls.append(threads) or 1)
+    result = CliRunner().invoke(main, ["--threads", "1", "info", str(tmp_path / "none.dq")])
+    assert calls[:2] == ["memory", 1], result.output

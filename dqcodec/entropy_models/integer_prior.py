@@ -276,10 +276,13 @@ class IntegerCodePrior:
         )
         steps = 8 * LOG_SCALE_STEPS + 1
         precision = self.precision.reshape(-1).take(rows * steps + log_scale + 4 * LOG_SCALE_STEPS)
-        _, exponent = np.frexp(precision.max(-1, keepdims=True))
+        largest = precision[..., 0]
+        for i in range(1, self.dim):  # NumPy reduces over a short last axis slowly
+            largest = np.maximum(largest, precision[..., i])
+        _, exponent = np.frexp(largest[..., None])
         p = np.floor(np.ldexp(precision, PRECISION_PRODUCT_BITS - exponent))
         np.ldexp(p, exponent - PRECISION_PRODUCT_BITS, out=p)  # p 2^-t
-        mean = np.clip(mean, -MEAN_LIMIT, MEAN_LIMIT)
+        mean = np.maximum(np.minimum(mean, MEAN_LIMIT), -MEAN_LIMIT)  # np.clip is slower
         features = np.concatenate([p, p * mean * -2.0], -1)  # (B, G', n, 2d)
         logits = np.matmul(features, self.code_features[groups].transpose(0, 2, 1), out=out)
         np.floor(logits, out=logits)  # the quadratic term, then the logits:
@@ -384,9 +387,8 @@ class IntegerPasses:
 
     def record(self, s: int, groups: slice, positions: np.ndarray, chosen: np.ndarray) -> None:
         channels = slice(s * self.prior.slice_channels, (s + 1) * self.prior.slice_channels)
-        self.codes[..., channels] = np.where(
-            positions[..., None], self.prior.lookup(chosen, groups), self.codes[..., channels]
-        )
+        picked = chosen[:, :, positions, None]  # (B, G_s, n, 1)
+        self.codes[:, positions, channels] = self.prior.lookup(picked, groups)[:, :, 0]
 
 
 def frequency_table(logits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

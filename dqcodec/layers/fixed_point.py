@@ -35,7 +35,7 @@ FLOAT32_EXACT = 1 << 24  # float32 holds every integer below this exactly; float
 FLOAT64_EXACT = 1 << 53
 # output positions per GEMM: small blocks keep large decodes in less memory, and are no slower
 ROWS_PER_BLOCK = 1 << 11
-INT8_PLANES_LIMIT = 1 << 14  # inputs that int8_gemm.planes splits into two int8 planes
+INT8_PLANES_LIMIT = int8_gemm.PLANES_LIMIT  # inputs that int8_gemm.planes splits in two
 
 
 # -- deterministic float64 elementary functions ---------------------------------------------
@@ -130,10 +130,9 @@ def gelu_table(source: Format, target: Format) -> np.ndarray:
 
 
 def apply_table(table: np.ndarray, wide: np.ndarray) -> np.ndarray:
-    """table[wide] for wide values, clamped to the table's 2^16 entries."""
-    index = np.clip(wide, -WIDE_MAX - 1, WIDE_MAX).astype(np.int32)
-    index += WIDE_MAX + 1
-    return table.take(index)
+    """table[wide] for wide values, clamped to the table's 2^16 entries (take's clip mode
+    clamps the index, in one pass with the lookup)."""
+    return table.take(np.add(wide, WIDE_MAX + 1, dtype=np.intp), mode="clip")
 
 
 # -- integer convolution -----------------------------------------------------------------------
@@ -213,11 +212,11 @@ class IntConv:
                 sums = int8_gemm.matmul(cols, self.weight_digits)
             else:
                 sums = self.gemm(cols[0][0])
-            sums = self.rescale(sums) if rescaled else sums
-            if at is not None:
-                out[:, filled[i] : filled[i + 1]] = sums.reshape(b, -1, cout)
+            target = out[:, filled[i] : filled[i + 1]] if at is not None else out[:, r:r_end]
+            if rescaled:
+                self.rescale(sums.reshape(target.shape), out=target)
             else:
-                out[:, r:r_end] = sums.reshape(b, r_end - r, out_w, cout)
+                target[...] = sums.reshape(target.shape)
 
         if int8:
             with torch_on_calling_thread():
@@ -250,30 +249,33 @@ class IntConv:
         self, x: np.ndarray, r: int, r_end: int, out_w: int, at: np.ndarray | None
     ) -> np.ndarray:
         """im2col of output rows r..r_end, at the positions `at` where given: (m, k*k*C) in
-        (ky, kx, c) order, m positions in row-major order."""
-        if self.kernel == 1:
-            cols = x[:, r:r_end]
+        (ky, kx, c) order, m positions in row-major order; one copy out of a view of the
+        windows."""
+        k = self.kernel
+        if k == 1:
+            windows = x[:, r:r_end]
         else:
-            cols = np.concatenate(
-                [
-                    x[:, r + dy : r_end + dy, dx : dx + out_w]
-                    for dy in range(self.kernel)
-                    for dx in range(self.kernel)
-                ],
-                -1,
-            )
-        cols = cols[:, at[r:r_end]] if at is not None else cols
-        return cols.reshape(-1, cols.shape[-1])
+            rows = x[:, r : r_end + k - 1, : out_w + k - 1]
+            windows = np.lib.stride_tricks.sliding_window_view(rows, (k, k), axis=(1, 2))
+            windows = windows.transpose(0, 1, 2, 4, 5, 3)  # (B, rows, W', ky, kx, C)
+        if at is not None:
+            windows = windows[:, at[r:r_end]]
+        cols = windows.reshape(-1, k * k * x.shape[-1])
+        # a map one output wide needs no copy, and gets a read-only view of the windows
+        return cols if cols.flags.writeable else cols.copy()
 
-    def rescale(self, acc: np.ndarray) -> np.ndarray:
-        """Outputs in the output format, clamped to its range: int32, since every format
-        fits in 16 bits, which halves the memory of the wide activations at large sizes."""
+    def rescale(self, acc: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Outputs in the output format, clamped to its range, into `out` where given: int32,
+        since every format fits in 16 bits, which halves the memory of the wide activations
+        at large sizes. `acc` (int64) is overwritten."""
         acc *= self.multiplier
         acc += self.rounded_bias
         acc >>= self.shift
         np.maximum(acc, self.scaled_low, out=acc)
         np.minimum(acc, self.scaled_high, out=acc)
-        return np.add(acc, self.offset, out=np.empty(acc.shape, np.int32), casting="unsafe")
+        if out is None:
+            out = np.empty(acc.shape, np.int32)
+        return np.add(acc, self.offset, out=out, casting="unsafe")
 
     def __call__(self, x: np.ndarray, zero: int, at: np.ndarray | None = None) -> np.ndarray:
         return self.accumulate(x, zero, at, rescaled=True)

@@ -10,11 +10,13 @@ every kernel sums exactly (tests/test_integer_gemm.py runs those kernels)."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 
 import numpy as np
 
 DIGIT_BITS = 7
 DIGIT_MAX = 64
+PLANES_LIMIT = 1 << 14  # the largest |input| that `planes` splits into two int8 planes
 
 
 _works: bool | None = None  # whether the loaded torch has an int8 GEMM on the CPU
@@ -68,15 +70,32 @@ def matmul(
     planes: list[tuple[np.ndarray, int]], digits: list[tuple[np.ndarray, int]]
 ) -> np.ndarray:
     """int64 (m, n): the integer columns whose int8 planes (m, k) with their bit offsets
-    `planes` holds, @ the weights whose digits `digits` holds."""
+    `planes` holds, @ the weights whose digits `digits` holds. A digit's products with the
+    planes add up in int32 where no sum can leave it: |columns| <= 2^14 and |digit| <= 64
+    bound each by k 2^20, and so do the partial sums of Horner's scheme."""
     torch = loaded_torch()
-    total = None
-    for plane, plane_offset in planes:
-        a = torch.from_numpy(np.ascontiguousarray(plane))
-        for digit, digit_offset in digits:
-            part = torch._int_mm(a, torch.from_numpy(digit)).numpy()
-            if total is None:
-                total = np.left_shift(part, plane_offset + digit_offset, dtype=np.int64)
-            else:
-                total += np.left_shift(part, plane_offset + digit_offset, dtype=np.int64)
+    k = planes[0][0].shape[1]
+    narrow = np.int32 if k * PLANES_LIMIT * DIGIT_MAX < 1 << 31 else np.int64
+    lhs = [(torch.from_numpy(np.ascontiguousarray(plane)), offset) for plane, offset in planes]
+
+    def product(digit: np.ndarray) -> np.ndarray:
+        rhs = torch.from_numpy(digit)
+        return _weighted_sum(((torch._int_mm(a, rhs).numpy(), o) for a, o in lhs), narrow)
+
+    return _weighted_sum(((product(d), o) for d, o in reversed(digits)), np.int64)
+
+
+def _weighted_sum(terms: Iterable[tuple[np.ndarray, int]], dtype) -> np.ndarray:
+    """sum of term << offset over (term, offset) pairs of falling offsets, in `dtype`, by
+    Horner's scheme (in place, on the first term where it has that type already)."""
+    total, previous = None, 0
+    for term, offset in terms:
+        if total is None:
+            total = term.astype(dtype, copy=False)
+        else:
+            total *= 1 << (previous - offset)  # NumPy multiplies in place faster than it shifts
+            total += term
+        previous = offset
+    if previous:
+        total *= 1 << previous
     return total
