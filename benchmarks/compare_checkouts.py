@@ -25,9 +25,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 CHILD = """
 import statistics, sys, time
-from dqcodec import runtime
-# before NumPy and torch load, as that checkout's command does
-getattr(runtime, "start_command", runtime.use_threads)()
+try:
+    from dqcodec import runtime
+except ImportError:  # a checkout from before dqcodec chose its threads
+    pass
+else:  # before NumPy and torch load, as that checkout's command does
+    getattr(runtime, "start_command", runtime.use_threads)()
 from PIL import Image
 from dqcodec.codec import load_codec
 codec = load_codec()
