@@ -136,9 +136,7 @@ class Codec:
             size=(rgb.height, rgb.width),
             step_scale=self.search_scale,
         )
-        if (
-            self.policy is None
-        ):  # format version 1: the float prior, with the threads it decodes with
+        if self.policy is None:  # format version 1: the float prior, with its threads
             integer = None
             with fixed_threads():
                 out = self.model.compress(x, self.rate_weight, self.rate_point, features=features)

@@ -11,7 +11,8 @@ default and the thread count follows the load: threads never spin on a core anot
 needs, and an idle machine keeps its speed. The NumPy work (the integer prior, the decoder)
 runs its blocks of rows on as many threads of dqcodec's own (`parallel_map`); in a program
 that has loaded torch, the integer convolutions run on torch's int8 GEMM, on the calling
-thread alone (`torch_on_calling_thread`)."""
+thread alone (`torch_on_calling_thread`). A command also has glibc keep freed memory for
+its next allocations (`start_command`, `keep_freed_memory`)."""
 
 from __future__ import annotations
 
