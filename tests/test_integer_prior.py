@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from integer_reference import frequencies, model_tables
 from PIL import Image
 
-from dqcodec import zoo
+from dqcodec import runtime, zoo
 from dqcodec.codec import Codec, load_codec
 from dqcodec.container import DQFile
 from dqcodec.decoding import load_decoder
@@ -166,6 +166,18 @@ def test_prior_in_bands_of_rows_gives_the_same_tables(monkeypatch, rows_per_reac
     assert integer.bottom.reach(1, anchors=True) == 2
     tall = Image.open(SAMPLE).convert("RGB").crop((0, 0, 128, 320))  # 20 latent rows
     _check_against_reference(codec.model, integer, codec.rate_point, tall, codec.rate_weight)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_logits_in_shares_of_one_group_give_the_same_tables(monkeypatch, threads):
+    """A pass's logits and tables made a group at a time, on one thread or two, are every
+    table the NumPy reference gives."""
+    monkeypatch.setattr(integer_prior, "SHARE_LOGITS", 1)
+    monkeypatch.setattr(runtime, "_workers", threads)
+    codec = load_codec(5)
+    crop = _real_crops()[0]
+    integer = codec.integer_model(codec.rate_point)
+    _check_against_reference(codec.model, integer, codec.rate_point, crop, codec.rate_weight)
 
 
 def test_numpy_reference_with_free_logits():
