@@ -419,7 +419,7 @@ def frequency_table(logits: np.ndarray, out: np.ndarray | None = None) -> np.nda
 
 def as_float_logits(logits: np.ndarray) -> np.ndarray:
     """What the encoder's rate-aware assignment reads (float32 nats)."""
-    return logits.astype(np.float32) / (1 << LOGIT_BITS)
+    return np.multiply(logits, 2.0**-LOGIT_BITS, dtype=np.float32)  # cast, then scale: exact
 
 
 @dataclass
