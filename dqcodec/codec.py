@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -33,20 +33,15 @@ from dqcodec.numpy_decoder.decoder import (
     with_mode,
 )
 from dqcodec.options import DEFAULT_MAX_PIXELS
+from dqcodec.runtime import torch_threads
 
 # Files of format version 1 were coded with the float prior, whose results depend on the
 # thread count: they decode with the thread count that encoded them.
 FLOAT_PRIOR_THREADS = 2
 
 
-@contextmanager
 def fixed_threads(count: int = FLOAT_PRIOR_THREADS):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+    return torch_threads(count)
 
 
 @dataclass

@@ -11,7 +11,7 @@ default and the thread count follows the load: threads never spin on a core anot
 needs, and an idle machine keeps its speed. The NumPy work (the integer prior, the decoder)
 runs its blocks of rows on as many threads of dqcodec's own (`parallel_map`); in a program
 that has loaded torch, the integer convolutions run on torch's int8 GEMM, on the calling
-thread alone (`torch_on_calling_thread`). A command also has glibc keep freed memory for
+thread alone (`torch_threads(1)`). A command also has glibc keep freed memory for
 its next allocations (`start_command`, `keep_freed_memory`)."""
 
 from __future__ import annotations
@@ -71,22 +71,28 @@ def idle_cores() -> int:
     return max(1, min(available_cores(), free))
 
 
-def thread_count(requested: int | None = None) -> int:
-    """`requested`, else $DQCODEC_THREADS, else the idle cores."""
+def asked_count(requested: int | None = None) -> int | None:
+    """`requested`, else $DQCODEC_THREADS, else None (nobody asked for a count)."""
     if requested is not None:
         return requested
     value = os.environ.get(THREADS_ENV, "")
-    if value.strip():
-        try:
-            count = int(value)
-        except ValueError:
-            count = 0
-        if count < 1:
-            from dqcodec.errors import DQError
+    if not value.strip():
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        from dqcodec.errors import DQError
 
-            raise DQError(f"{THREADS_ENV} must be a positive integer, not {value!r}")
-        return count
-    return idle_cores()
+        raise DQError(f"{THREADS_ENV} must be a positive integer, not {value!r}")
+    return count
+
+
+def thread_count(requested: int | None = None) -> int:
+    """`requested`, else $DQCODEC_THREADS, else the idle cores."""
+    asked = asked_count(requested)
+    return idle_cores() if asked is None else asked
 
 
 # NumPy's OpenBLAS sizes its thread pool when it loads. Where dqcodec loads NumPy itself (the
@@ -108,14 +114,14 @@ def use_threads(requested: int | None = None) -> int:
     transforms) on thread_count(requested) threads, and both decoders' synthesis tiles
     two at a time where other processes leave this one a single core (`tile_workers`)."""
     global _blas_single, _workers, _tile_workers
-    count = thread_count(requested)
+    asked = asked_count(requested)
+    count = idle_cores() if asked is None else asked
     if "numpy" not in sys.modules:
         for name in BLAS_VARIABLES:
             os.environ[name] = "1"
         _blas_single = True
     _workers = count if _blas_single else 1
-    chosen = requested is not None or os.environ.get(THREADS_ENV, "").strip()
-    _tile_workers = 2 if count == 1 < available_cores() and not chosen else 1
+    _tile_workers = 2 if asked is None and count == 1 < available_cores() else 1
     os.environ["OMP_NUM_THREADS"] = str(count)
     torch = sys.modules.get("torch")
     if torch is not None:
@@ -214,7 +220,7 @@ def parallel_map(function: Callable, items: Iterable, threads: int | None = None
         _torch_on_one_thread()
         work()
 
-    with torch_on_calling_thread():
+    with torch_threads(1):
         helpers = [_pools[count].submit(helper) for _ in range(count - 1)]
         try:
             work()
@@ -237,16 +243,17 @@ def _torch_on_one_thread() -> None:
 
 
 @contextmanager
-def torch_on_calling_thread() -> Iterator[None]:
-    """torch's kernels run on the calling thread alone meanwhile, where torch is loaded;
-    other threads keep their own count."""
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's kernels started from the calling thread run on `count` threads meanwhile,
+    where torch is loaded (1: on the calling thread alone); other threads keep their own
+    count."""
     torch = sys.modules.get("torch")
     if torch is None:
         yield
         return
-    count = torch.get_num_threads()
-    torch.set_num_threads(1)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
     try:
         yield
     finally:
-        torch.set_num_threads(count)
+        torch.set_num_threads(previous)

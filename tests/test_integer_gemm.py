@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from dqcodec.layers import int8_gemm
-from dqcodec.layers.fixed_point import INT8_PLANES_LIMIT, Format, int_conv
+from dqcodec.layers.fixed_point import Format, int_conv
+from dqcodec.layers.int8_gemm import PLANES_LIMIT as INT8_PLANES_LIMIT
 
 
 def _extreme_cases(rng) -> list[tuple[np.ndarray, np.ndarray]]:

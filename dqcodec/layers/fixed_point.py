@@ -25,7 +25,7 @@ from functools import cached_property
 import numpy as np
 
 from dqcodec.layers import int8_gemm
-from dqcodec.runtime import parallel_map, torch_on_calling_thread, workers
+from dqcodec.runtime import parallel_map, torch_threads, workers
 
 INT8_MIN, INT8_MAX = -128, 127
 WIDE_BITS = 16  # wide (pre-activation) values index lookup tables of 2^16 entries
@@ -35,7 +35,6 @@ FLOAT32_EXACT = 1 << 24  # float32 holds every integer below this exactly; float
 FLOAT64_EXACT = 1 << 53
 # output positions per GEMM: small blocks keep large decodes in less memory, and are no slower
 ROWS_PER_BLOCK = 1 << 11
-INT8_PLANES_LIMIT = int8_gemm.PLANES_LIMIT  # inputs that int8_gemm.planes splits in two
 
 
 # -- deterministic float64 elementary functions ---------------------------------------------
@@ -219,7 +218,7 @@ class IntConv:
                 target[...] = sums.reshape(target.shape)
 
         if int8:
-            with torch_on_calling_thread():
+            with torch_threads(1):
                 for i in range(len(starts)):
                     block(i)
         else:
@@ -229,7 +228,7 @@ class IntConv:
     def int8_gemm(self) -> bool:
         """Whether the GEMMs run on torch's int8 GEMM: where the program has loaded a torch
         that has one, for inputs of up to 15 bits."""
-        return self.input_limit <= INT8_PLANES_LIMIT and int8_gemm.available()
+        return self.input_limit <= int8_gemm.PLANES_LIMIT and int8_gemm.available()
 
     def gemm(self, cols: np.ndarray) -> np.ndarray:
         """int64 (m, Cout): integer cols (m, k*k*Cin) @ the weights in the GEMM's float type,
