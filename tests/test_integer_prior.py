@@ -32,7 +32,7 @@ from dqcodec.entropy_models.integer_prior import (
 )
 from dqcodec.errors import DQError
 from dqcodec.image_io import to_tensor
-from dqcodec.layers.fixed_point import Format, erf64, exp64, int_conv
+from dqcodec.layers.fixed_point import Format, IntConv, erf64, exp64, int_conv
 from dqcodec.models.dq import _integer_level, pad_to_stride
 from dqcodec.testing import TINY, photo, tiny_model, tiny_variable_rate_model
 
@@ -86,6 +86,66 @@ def test_integer_convolution_is_exact(transposed, kernel, bits):
         ref = F.conv2d(real, w, padding=kernel // 2)
     zero_sum = source.zero * w.sum((1, 2, 3))  # the padding holds `zero`: its taps' share
     assert torch.equal(acc.to(torch.float64) - zero_sum, ref.permute(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize(
+    "out_format,out_scale,bias",
+    [
+        (Format.wide(3.0), 0.5, 1.0),  # one sum step moves the output by under one level
+        (Format.after_gelu(2.0), 0.7, 1.0),  # an output format with a zero point
+        (Format.wide(3.0), 0.5, 1e6),  # every sum saturates: limits beyond int32's range
+        (Format.wide(3.0), 1e-4, 1.0),  # one sum step skips levels: the outputs are clamped
+    ],
+)
+@pytest.mark.parametrize("sums_dtype", [np.int32, np.int64])
+def test_rescale_gives_the_clamped_rounded_outputs(out_format, out_scale, bias, sums_dtype):
+    """Clamping the sums first (where that gives the same outputs) against the definition:
+    clamp(((acc + bias) * m + 2^(shift-1)) >> shift) + zero, over every reachable sum and
+    the sums at the edges of each channel's range."""
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(6, 5, 3, 3))
+    source = Format.symmetric(1.0, 8)
+    conv = int_conv(
+        weight, bias * rng.normal(size=6), source, None, np.full(6, out_scale), out_format, 8
+    )
+    largest = int(np.abs(conv.weight).sum(0).max()) * conv.input_limit
+    sums = rng.integers(-largest, largest + 1, (2000, 6))
+    if conv.sum_limits is not None:
+        low, high = conv.sum_limits[np.dtype(np.int64)]
+        edges = [(edge + d)[None] for edge in (low, high) for d in (-1, 0, 1)]
+        sums = np.concatenate([sums, *edges])
+    sums = np.clip(sums, -largest, largest).astype(sums_dtype)
+    exact = (sums.astype(np.int64) * conv.multiplier + conv.rounded_bias) >> conv.shift
+    want = np.clip(exact, conv.scaled_low, conv.scaled_high) + conv.offset
+    assert (conv.sum_limits is None) == (out_scale < 1e-3)
+    assert np.array_equal(conv.rescale(sums.copy()), want)
+
+
+def test_rescale_at_every_sum_of_a_range():
+    """Every sum in [-3000, 3000] through channels whose multipliers reach one output level a
+    step (m = 2^shift), divide the bounds' numerators exactly, or skip levels (m > 2^shift)."""
+    multiplier = np.array([4, 8, 5, 3, 7, 9, 1])
+    bias = np.array([0, 3, -7, 100, -1000, 2, 0])
+    for shift in (3, 5):
+        cout = len(multiplier)
+        conv = IntConv(
+            np.zeros((1, cout), np.int64),
+            bias,
+            multiplier,
+            shift,
+            1,
+            np.full(cout, -60),
+            np.full(cout, 10),
+            np.array([0, 0, 2, 0, -3, 0, 1]),
+            1,
+            8,
+        )
+        sums = np.arange(-3000, 3001)[:, None].repeat(cout, 1)
+        exact = (sums * multiplier + conv.rounded_bias) >> shift
+        want = np.clip(exact, conv.scaled_low, conv.scaled_high) + conv.offset
+        assert (conv.sum_limits is None) == (shift == 3)  # 9 > 2^3
+        for dtype in (np.int32, np.int64):
+            assert np.array_equal(conv.rescale(sums.astype(dtype)), want)
 
 
 def test_frequency_tables_fill_the_coder_exactly():

@@ -409,12 +409,19 @@ def frequency_table(logits: np.ndarray, out: np.ndarray | None = None) -> np.nda
     np.subtract(np.fmax.reduce(logits, -1, keepdims=True), logits, out=delta, casting="unsafe")
     freqs = EXP_TABLE.take(delta, mode="clip", out=out)  # the weights, then the frequencies
     total = (1 << TOTAL_BITS) - k
-    sums = freqs.sum(-1, keepdims=True).astype(np.int64)
+    sums = _row_sums(freqs).astype(np.int64)
     freqs *= ((total << EXP_BITS) // sums).astype(np.float64) * 2.0**-EXP_BITS
     np.floor(freqs, out=freqs)
     # what the floors leave (under 2 K) goes to the last code
-    freqs[..., -1] += total - freqs.sum(-1)
+    freqs[..., -1] += total - _row_sums(freqs)[..., 0]
     return freqs
+
+
+def _row_sums(x: np.ndarray) -> np.ndarray:
+    """Sums over the last axis, (..., 1), of integers in float64 whose sums stay below 2^53:
+    exact in any order, so a matrix-vector product (BLAS) gives them, four times as fast as
+    NumPy's reduction over a short last axis."""
+    return x @ np.ones((x.shape[-1], 1))
 
 
 def as_float_logits(logits: np.ndarray) -> np.ndarray:

@@ -159,6 +159,8 @@ class IntConv:
         # (acc + bias) * m + half = acc * m + rounded_bias; the clamp before adding the offset
         self.rounded_bias = self.bias * self.multiplier + (1 << (self.shift - 1))
         self.scaled_low, self.scaled_high = self.low - self.offset, self.high - self.offset
+        self.sum_limits = self._sum_limits()
+        self.offset32 = self.offset.astype(np.int32) if self.offset.any() else None
         largest_sum = int(np.abs(self.weight).sum(0).max()) * self.input_limit
         if largest_sum >= FLOAT64_EXACT:
             raise ValueError("integer convolution too wide for an exact float64 GEMM")
@@ -263,18 +265,55 @@ class IntConv:
         # a map one output wide needs no copy, and gets a read-only view of the windows
         return cols if cols.flags.writeable else cols.copy()
 
+    def _sum_limits(self) -> dict | None:
+        """The sums' range that reaches the outputs' [low, high], by the sums' dtype, where one
+        step of a sum moves the output by at most one level (1 <= m <= 2^shift): clamping
+        the sums to it gives exactly the outputs that clamping the outputs gives, and leaves
+        every product in range for int32 outputs. None where a step skips levels."""
+        m, unit = self.multiplier, 1 << self.shift
+        reach = int(max(np.abs(self.scaled_low).max(), np.abs(self.scaled_high).max())) + 1
+        if not ((1 <= m) & (m <= unit)).all() or reach << self.shift >= 1 << 62:
+            return None
+        # the least sum whose output reaches low, the largest whose output stays within high
+        low = -((self.rounded_bias - self.scaled_low * unit) // m)
+        high = ((self.scaled_high + 1) * unit - self.rounded_bias - 1) // m
+        limits = {np.dtype(np.int64): (low, high)}
+        narrow = np.iinfo(np.int32)
+        if (low <= narrow.max).all() and (high >= narrow.min).all():  # int32 sums clamp alike
+            limits[np.dtype(np.int32)] = (
+                np.maximum(low, narrow.min).astype(np.int32),
+                np.minimum(high, narrow.max).astype(np.int32),
+            )
+        return limits
+
     def rescale(self, acc: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Outputs in the output format, clamped to its range, into `out` where given: int32,
         since every format fits in 16 bits, which halves the memory of the wide activations
-        at large sizes. `acc` (int64) is overwritten."""
-        acc *= self.multiplier
-        acc += self.rounded_bias
-        acc >>= self.shift
-        np.maximum(acc, self.scaled_low, out=acc)
-        np.minimum(acc, self.scaled_high, out=acc)
+        at large sizes. `acc` (int32 or int64 sums) is overwritten."""
         if out is None:
             out = np.empty(acc.shape, np.int32)
-        return np.add(acc, self.offset, out=out, casting="unsafe")
+        if self.sum_limits is None:
+            return self._rescale_then_clamp(acc.astype(np.int64, copy=False), out)
+        if acc.dtype not in self.sum_limits:
+            acc = acc.astype(np.int64)
+        low, high = self.sum_limits[acc.dtype]
+        np.maximum(acc, low, out=acc)
+        np.minimum(acc, high, out=acc)
+        scaled = np.multiply(acc, self.multiplier, out=acc if acc.dtype == np.int64 else None)
+        scaled += self.rounded_bias
+        # NumPy shifts int64 in place at less than half the speed of into another array
+        np.right_shift(scaled, self.shift, out=out, casting="unsafe")
+        if self.offset32 is not None:
+            out += self.offset32
+        return out
+
+    def _rescale_then_clamp(self, acc: np.ndarray, out: np.ndarray) -> np.ndarray:
+        acc *= self.multiplier
+        acc += self.rounded_bias
+        shifted = np.right_shift(acc, self.shift)
+        np.maximum(shifted, self.scaled_low, out=shifted)
+        np.minimum(shifted, self.scaled_high, out=shifted)
+        return np.add(shifted, self.offset, out=out, casting="unsafe")
 
     def __call__(self, x: np.ndarray, zero: int, at: np.ndarray | None = None) -> np.ndarray:
         return self.accumulate(x, zero, at, rescaled=True)
