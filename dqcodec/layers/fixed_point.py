@@ -266,13 +266,14 @@ class IntConv:
         return cols if cols.flags.writeable else cols.copy()
 
     def _sum_limits(self) -> dict | None:
-        """The sums' range that reaches the outputs' [low, high], by the sums' dtype, where one
-        step of a sum moves the output by at most one level (1 <= m <= 2^shift): clamping
-        the sums to it gives exactly the outputs that clamping the outputs gives, and leaves
-        every product in range for int32 outputs. None where a step skips levels."""
+        """Each channel's range of sums whose outputs lie within [low, high], by the sums'
+        dtype, where one step of a sum moves the output by at most one level (1 <= m <=
+        2^shift): clamping the sums to it gives exactly the outputs that clamping the outputs
+        gives, already within the int32 output. None where a step can skip levels, or where
+        the bounds' arithmetic could leave int64 (|rounded_bias| < 2^62 by int_conv)."""
         m, unit = self.multiplier, 1 << self.shift
         reach = int(max(np.abs(self.scaled_low).max(), np.abs(self.scaled_high).max())) + 1
-        if not ((1 <= m) & (m <= unit)).all() or reach << self.shift >= 1 << 62:
+        if not ((1 <= m) & (m <= unit)).all() or reach << self.shift >= 1 << 61:
             return None
         # the least sum whose output reaches low, the largest whose output stays within high
         low = -((self.rounded_bias - self.scaled_low * unit) // m)
