@@ -115,7 +115,7 @@ def use_threads(requested: int | None = None) -> int:
     two at a time where other processes leave this one a single core (`tile_workers`)."""
     global _blas_single, _workers, _tile_workers
     asked = asked_count(requested)
-    count = idle_cores() if asked is None else asked
+    count = thread_count(asked)
     if "numpy" not in sys.modules:
         for name in BLAS_VARIABLES:
             os.environ[name] = "1"

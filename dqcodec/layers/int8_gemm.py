@@ -72,8 +72,8 @@ def matmul(
     """(m, n) sums: the integer columns whose int8 planes (m, k) with their bit offsets
     `planes` holds, @ the weights whose digits `digits` holds. A digit's products with the
     planes add up in int32 where no sum can leave it: |columns| <= 2^14 and |digit| <= 64
-    bound each by k 2^20, and so do the partial sums of Horner's scheme. int64, or int32
-    where the weights are one digit and its sums fit int32."""
+    bound each by k 2^20, and so do the partial sums of Horner's scheme. The digits add up
+    in int64, unless there is one: its sums come back in their own type."""
     torch = loaded_torch()
     k = planes[0][0].shape[1]
     narrow = np.int32 if k * PLANES_LIMIT * DIGIT_MAX < 1 << 31 else np.int64
@@ -83,9 +83,8 @@ def matmul(
         rhs = torch.from_numpy(digit)
         return _weighted_sum(((torch._int_mm(a, rhs).numpy(), o) for a, o in lhs), narrow)
 
-    if len(digits) == 1 and digits[0][1] == 0:
-        return product(digits[0][0])
-    return _weighted_sum(((product(d), o) for d, o in reversed(digits)), np.int64)
+    wide = narrow if len(digits) == 1 else np.int64
+    return _weighted_sum(((product(d), o) for d, o in reversed(digits)), wide)
 
 
 def _weighted_sum(terms: Iterable[tuple[np.ndarray, int]], dtype) -> np.ndarray:
